@@ -1,0 +1,1 @@
+"""Data: COCO-style datasets to TFRecords, decoding, augmentation and batching."""
