@@ -1,0 +1,199 @@
+"""Every layer: get_config round-trip with identical outputs; deformable attention against float64 NumPy."""
+
+import keras
+import numpy as np
+import pytest
+
+from model import (
+    BottleneckBlock,
+    ConvNorm,
+    DecoderLayer,
+    DeformableEncoderLayer,
+    FrozenBatchNorm,
+    Mask2Former,
+    MaskedAttentionDecoder,
+    MSDeformAttnPixelDecoder,
+    MultiHeadAttention,
+    MultiScaleDeformableAttention,
+    ResNet,
+)
+from model.layers import resize_bilinear
+from model.ms_deform_attn import bilinear_sample
+from tests.helpers import tiny_config
+
+rng = np.random.default_rng(0)
+
+
+def rand(*shape):
+    return rng.normal(size=shape).astype("float32")
+
+
+SHAPES = [(4, 6), (2, 3)]
+TINY_FEATURES = {f"res{i + 2}": rand(1, 16 // 2**i, 24 // 2**i, 8 * 2**i) for i in range(4)}
+TINY_DECODER_INPUTS = ([rand(1, 2, 3, 16), rand(1, 4, 6, 16), rand(1, 8, 12, 16)], rand(1, 32, 48, 16))
+
+CASES = {
+    "FrozenBatchNorm": (FrozenBatchNorm, {}, (rand(2, 5, 5, 4),), {}),
+    "ConvNorm": (ConvNorm, {"filters": 4, "kernel_size": 3, "strides": 2}, (rand(1, 7, 9, 3),), {}),
+    "BottleneckBlock": (
+        BottleneckBlock,
+        {"out_channels": 8, "bottleneck_channels": 2, "strides": 2, "use_shortcut_projection": True},
+        (rand(1, 8, 8, 4),),
+        {},
+    ),
+    "ResNet": (
+        ResNet,
+        {"stage_blocks": (1, 2, 1, 1), "stem_channels": 4, "res2_channels": 8},
+        (rand(1, 64, 32, 3),),
+        {},
+    ),
+    "MultiScaleDeformableAttention": (
+        MultiScaleDeformableAttention,
+        {"hidden_dim": 8, "num_heads": 2, "num_levels": 2, "num_points": 3},
+        (rand(2, 5, 8), rng.uniform(size=(2, 5, 2)).astype("float32"), rand(2, 30, 8)),
+        {"spatial_shapes": SHAPES},
+    ),
+    "DeformableEncoderLayer": (
+        DeformableEncoderLayer,
+        {"hidden_dim": 8, "num_heads": 2, "num_levels": 2, "num_points": 3, "ffn_dim": 16},
+        (rand(2, 30, 8), rand(1, 30, 8), rng.uniform(size=(1, 30, 2)).astype("float32")),
+        {"spatial_shapes": SHAPES},
+    ),
+    "MSDeformAttnPixelDecoder": (
+        MSDeformAttnPixelDecoder,
+        {
+            "in_channels": {k: v.shape[-1] for k, v in TINY_FEATURES.items()},
+            "conv_dim": 16,
+            "mask_dim": 8,
+            "num_heads": 2,
+            "num_points": 2,
+            "encoder_layers": 1,
+            "encoder_ffn_dim": 16,
+            "group_norm_groups": 4,
+        },
+        (TINY_FEATURES,),
+        {},
+    ),
+    "MultiHeadAttention": (
+        MultiHeadAttention,
+        {"hidden_dim": 8, "num_heads": 2},
+        (rand(2, 3, 8), rand(2, 5, 8), rand(2, 5, 8)),
+        {"allowed": rng.uniform(size=(2, 3, 5)) > 0.3},
+    ),
+    "DecoderLayer": (
+        DecoderLayer,
+        {"hidden_dim": 8, "num_heads": 2, "ffn_dim": 16},
+        (rand(2, 3, 8), rand(1, 3, 8), rand(2, 5, 8), rand(1, 5, 8), np.ones((2, 3, 5), bool)),
+        {},
+    ),
+    "MaskedAttentionDecoder": (
+        MaskedAttentionDecoder,
+        {
+            "num_classes": 3,
+            "num_queries": 4,
+            "hidden_dim": 16,
+            "num_heads": 2,
+            "ffn_dim": 16,
+            "num_layers": 2,
+            "mask_dim": 16,
+        },
+        TINY_DECODER_INPUTS,
+        {},
+    ),
+}
+
+
+def _outputs(x):
+    return [np.asarray(keras.ops.convert_to_numpy(t)) for t in keras.tree.flatten(x)]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_layer_config_round_trip(name):
+    cls, kwargs, inputs, call_kwargs = CASES[name]
+    layer = cls(**kwargs)
+    expected = layer(*inputs, **call_kwargs)
+    config = layer.get_config()
+    for key, value in kwargs.items():
+        assert config[key] == value, key
+    restored = cls.from_config(
+        keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer)).get_config()
+    )
+    assert restored.get_config() == config
+    restored(*inputs, **call_kwargs)
+    restored.set_weights(layer.get_weights())
+    for a, b in zip(_outputs(expected), _outputs(restored(*inputs, **call_kwargs)), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_model_config_round_trip():
+    model = Mask2Former(**{k: getattr(tiny_config().model, k) for k in ("num_classes", "num_queries", "hidden_dim")})
+    restored = Mask2Former.from_config(model.get_config())
+    assert restored.get_config() == model.get_config()
+
+
+def _grid_sample_float64(value, locations):
+    """Loop-by-loop bilinear sampling (grid_sample, align_corners=False, zero padding) in float64."""
+    height, width, channels = value.shape
+    out = np.zeros((len(locations), channels))
+    for s, (lx, ly) in enumerate(locations):
+        x, y = lx * width - 0.5, ly * height - 0.5
+        x0, y0 = int(np.floor(x)), int(np.floor(y))
+        for xi in (x0, x0 + 1):
+            for yi in (y0, y0 + 1):
+                if 0 <= xi < width and 0 <= yi < height:
+                    out[s] += (1 - abs(x - xi)) * (1 - abs(y - yi)) * value[yi, xi]
+    return out
+
+
+def test_bilinear_sampling_matches_float64_loops_including_borders():
+    value = rng.normal(size=(5, 7, 3))
+    # Points inside, on borders and outside the map (zero padding must fade them out).
+    locations = np.concatenate([rng.uniform(-0.2, 1.2, (200, 2)), [[0, 0], [1, 1], [0.5 / 7, 0.5 / 5], [1.1, 0.5]]])
+    ours = bilinear_sample(value.reshape(1, 35, 3), 5, 7, locations[None])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(ours)[0], _grid_sample_float64(value, locations), atol=1e-12)
+
+
+def test_deformable_attention_matches_float64_numpy():
+    hidden, heads, levels, points = 8, 2, 2, 3
+    layer = MultiScaleDeformableAttention(
+        hidden_dim=hidden, num_heads=heads, num_levels=levels, num_points=points, dtype="float64"
+    )
+    query = rng.normal(size=(1, 4, hidden))
+    reference = rng.uniform(size=(1, 4, 2))
+    value_input = rng.normal(size=(1, 30, hidden))
+    layer(query, reference, value_input, spatial_shapes=SHAPES)
+    for w in layer.weights:
+        w.assign(rng.normal(0, 0.5, w.shape))
+    ours = keras.ops.convert_to_numpy(layer(query, reference, value_input, spatial_shapes=SHAPES))[0]
+
+    def dense(layer_, x):
+        return x @ layer_.kernel.numpy() + layer_.bias.numpy()
+
+    value = dense(layer.value_proj, value_input[0])
+    offsets = dense(layer.sampling_offsets, query[0]).reshape(4, heads, levels, points, 2)
+    weights = dense(layer.attention_weights, query[0]).reshape(4, heads, levels * points)
+    weights = (np.exp(weights) / np.exp(weights).sum(-1, keepdims=True)).reshape(4, heads, levels, points)
+    head_dim = hidden // heads
+    out = np.zeros((4, heads, head_dim))
+    start = 0
+    for level, (h, w) in enumerate(SHAPES):
+        level_value = value[start : start + h * w].reshape(h, w, heads, head_dim)
+        start += h * w
+        for q in range(4):
+            for head in range(heads):
+                locs = reference[0, q] + offsets[q, head, level] / np.array([w, h])
+                sampled = _grid_sample_float64(level_value[:, :, head], locs)
+                out[q, head] += (weights[q, head, level][:, None] * sampled).sum(0)
+    expected = dense(layer.output_proj, out.reshape(4, hidden))
+    np.testing.assert_allclose(ours, expected, atol=1e-12)
+
+
+def test_resize_bilinear_matches_torch_interpolate():
+    torch = pytest.importorskip("torch")
+    for (h, w), (oh, ow) in [((5, 7), (40, 56)), ((40, 56), (5, 7)), ((13, 9), (20, 31))]:
+        x = rng.normal(size=(2, h, w, 3))
+        expected = torch.nn.functional.interpolate(
+            torch.from_numpy(x.transpose(0, 3, 1, 2)), size=(oh, ow), mode="bilinear", align_corners=False
+        ).numpy()
+        ours = keras.ops.convert_to_numpy(resize_bilinear(keras.ops.convert_to_tensor(x), (oh, ow)))
+        np.testing.assert_allclose(ours, expected.transpose(0, 2, 3, 1), atol=1e-12)

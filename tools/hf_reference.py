@@ -1,0 +1,314 @@
+"""The reference implementation (Hugging Face `Mask2FormerForUniversalSegmentation`) for parity checks.
+
+Builds an HF model with random weights and non-trivial batch-norm statistics, and writes its weights
+under detectron2 names (the official checkpoint format) so they go through our public loader:
+
+    hf, config = build_reference("r50", seed=0)
+    state = hf_to_detectron2(hf.state_dict())
+    outputs = run_reference(hf, images)    # images (B, H, W, 3) 0..255
+
+Needs torch and transformers (`bash setup.sh --dev`).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from config import Mask2FormerConfig
+
+# Architectures the reference is built in: our model fields and the matching HF settings.
+SIZES = {
+    "r50": {"model": {}, "num_labels": 80},
+    "tiny": {
+        "model": {
+            "num_classes": 5,
+            "num_queries": 7,
+            "backbone_stage_blocks": (1, 1, 1, 1),
+            "backbone_stem_channels": 16,
+            "backbone_res2_channels": 32,
+            "hidden_dim": 32,
+            "num_heads": 4,
+            "decoder_ffn_dim": 64,
+            "pixel_decoder_dim": 32,
+            "mask_dim": 32,
+            "encoder_layers": 2,
+            "encoder_ffn_dim": 64,
+        },
+        "num_labels": 5,
+    },
+}
+
+_RULES = [
+    # backbone
+    (r"model\.pixel_level_module\.encoder\.embedder\.embedder\.convolution\.", "backbone.stem.conv1."),
+    (r"model\.pixel_level_module\.encoder\.embedder\.embedder\.normalization\.", "backbone.stem.conv1.norm."),
+    (
+        r"model\.pixel_level_module\.encoder\.encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.convolution\.",
+        "STAGE.\\2.shortcut.",
+    ),
+    (
+        r"model\.pixel_level_module\.encoder\.encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.normalization\.",
+        "STAGE.\\2.shortcut.norm.",
+    ),
+    (
+        r"model\.pixel_level_module\.encoder\.encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.convolution\.",
+        "STAGE.\\2.CONV.",
+    ),
+    (
+        r"model\.pixel_level_module\.encoder\.encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.normalization\.",
+        "STAGE.\\2.CONV.norm.",
+    ),
+    # pixel decoder
+    (r"model\.pixel_level_module\.decoder\.level_embed", "sem_seg_head.pixel_decoder.transformer.level_embed"),
+    (r"model\.pixel_level_module\.decoder\.input_projections\.", "sem_seg_head.pixel_decoder.input_proj."),
+    (
+        r"model\.pixel_level_module\.decoder\.encoder\.layers\.(\d+)\.self_attn_layer_norm\.",
+        "sem_seg_head.pixel_decoder.transformer.encoder.layers.\\1.norm1.",
+    ),
+    (
+        r"model\.pixel_level_module\.decoder\.encoder\.layers\.(\d+)\.final_layer_norm\.",
+        "sem_seg_head.pixel_decoder.transformer.encoder.layers.\\1.norm2.",
+    ),
+    (
+        r"model\.pixel_level_module\.decoder\.encoder\.layers\.(\d+)\.fc(\d)\.",
+        "sem_seg_head.pixel_decoder.transformer.encoder.layers.\\1.linear\\2.",
+    ),
+    (
+        r"model\.pixel_level_module\.decoder\.encoder\.layers\.",
+        "sem_seg_head.pixel_decoder.transformer.encoder.layers.",
+    ),
+    (r"model\.pixel_level_module\.decoder\.mask_projection\.", "sem_seg_head.pixel_decoder.mask_features."),
+    (r"model\.pixel_level_module\.decoder\.(adapter_1|layer_1)\.0\.", "sem_seg_head.pixel_decoder.\\1."),
+    (r"model\.pixel_level_module\.decoder\.(adapter_1|layer_1)\.1\.", "sem_seg_head.pixel_decoder.\\1.norm."),
+    # transformer decoder
+    (r"model\.transformer_module\.queries_embedder\.", "sem_seg_head.predictor.query_embed."),
+    (r"model\.transformer_module\.queries_features\.", "sem_seg_head.predictor.query_feat."),
+    (r"model\.transformer_module\.level_embed\.", "sem_seg_head.predictor.level_embed."),
+    (
+        r"model\.transformer_module\.decoder\.layers\.(\d+)\.self_attn\.out_proj\.",
+        "sem_seg_head.predictor.transformer_self_attention_layers.\\1.self_attn.out_proj.",
+    ),
+    (
+        r"model\.transformer_module\.decoder\.layers\.(\d+)\.self_attn_layer_norm\.",
+        "sem_seg_head.predictor.transformer_self_attention_layers.\\1.norm.",
+    ),
+    (
+        r"model\.transformer_module\.decoder\.layers\.(\d+)\.cross_attn\.",
+        "sem_seg_head.predictor.transformer_cross_attention_layers.\\1.multihead_attn.",
+    ),
+    (
+        r"model\.transformer_module\.decoder\.layers\.(\d+)\.cross_attn_layer_norm\.",
+        "sem_seg_head.predictor.transformer_cross_attention_layers.\\1.norm.",
+    ),
+    (
+        r"model\.transformer_module\.decoder\.layers\.(\d+)\.fc(\d)\.",
+        "sem_seg_head.predictor.transformer_ffn_layers.\\1.linear\\2.",
+    ),
+    (
+        r"model\.transformer_module\.decoder\.layers\.(\d+)\.final_layer_norm\.",
+        "sem_seg_head.predictor.transformer_ffn_layers.\\1.norm.",
+    ),
+    (r"model\.transformer_module\.decoder\.layernorm\.", "sem_seg_head.predictor.decoder_norm."),
+    (
+        r"model\.transformer_module\.decoder\.mask_predictor\.mask_embedder\.(\d)\.0\.",
+        "sem_seg_head.predictor.mask_embed.layers.\\1.",
+    ),
+    (r"class_predictor\.", "sem_seg_head.predictor.class_embed."),
+    (r"criterion\.empty_weight", "criterion.empty_weight"),
+]
+
+
+def hf_to_detectron2(hf_state) -> dict[str, np.ndarray]:
+    """HF state dict (torch tensors) -> detectron2-named numpy arrays, as an official checkpoint."""
+    state = {k: v.detach().cpu().numpy() for k, v in hf_state.items() if not k.endswith("num_batches_tracked")}
+    out, qkv = {}, {}
+    for name, value in state.items():
+        split = re.fullmatch(
+            r"model\.transformer_module\.decoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)", name
+        )
+        if split:
+            qkv.setdefault((int(split[1]), split[3]), {})[split[2]] = value
+            continue
+        for pattern, replacement in _RULES:
+            match = re.match(pattern, name)
+            if match:
+                new = re.sub(pattern, replacement, name, count=1)
+                if "STAGE" in new:
+                    new = new.replace("STAGE", f"backbone.res{int(match[1]) + 2}")
+                    new = new.replace("CONV", f"conv{int(match[3]) + 1}") if "CONV" in new else new
+                out[new] = value
+                break
+        else:
+            raise KeyError(f"no detectron2 name for HF tensor {name}")
+    for (layer, kind), parts in qkv.items():
+        prefix = f"sem_seg_head.predictor.transformer_self_attention_layers.{layer}.self_attn"
+        out[f"{prefix}.in_proj_{kind}"] = np.concatenate([parts["q"], parts["k"], parts["v"]], axis=0)
+    return out
+
+
+def keras_config(size: str) -> Mask2FormerConfig:
+    """Our config for a reference size."""
+    config = Mask2FormerConfig()
+    for key, value in SIZES[size]["model"].items():
+        setattr(config.model, key, value)
+    return config.validate()
+
+
+def build_reference(size: str, seed: int = 0, calibration_images=None, dtype="float32"):
+    """HF model with random weights (every parameter perturbed, so zero-initialised offsets matter)
+    and batch-norm statistics measured on `calibration_images` (B, H, W, 3), then random affine."""
+    import torch
+    from transformers import Mask2FormerConfig as HFConfig
+    from transformers import Mask2FormerForUniversalSegmentation, ResNetConfig
+
+    m = keras_config(size).model
+    torch.manual_seed(seed)
+    backbone = ResNetConfig(
+        depths=list(m.backbone_stage_blocks),
+        hidden_sizes=[m.backbone_res2_channels * 2**i for i in range(4)],
+        embedding_size=m.backbone_stem_channels,
+        layer_type="bottleneck",
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    hf_config = HFConfig(
+        backbone_config=backbone,
+        num_labels=m.num_classes,
+        num_queries=m.num_queries,
+        hidden_dim=m.hidden_dim,
+        feature_size=m.pixel_decoder_dim,
+        mask_feature_size=m.mask_dim,
+        num_attention_heads=m.num_heads,
+        dim_feedforward=m.decoder_ffn_dim,
+        encoder_feedforward_dim=m.encoder_ffn_dim,
+        encoder_layers=m.encoder_layers,
+        decoder_layers=m.num_decoder_layers + 1,  # HF counts prediction sets
+    )
+    hf = Mask2FormerForUniversalSegmentation(hf_config)
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * (0.02 if p.dim() > 1 else 0.1))
+        if calibration_images is not None:
+            for bn in (mod for mod in hf.modules() if isinstance(mod, torch.nn.BatchNorm2d)):
+                bn.reset_running_stats()
+                bn.momentum = None  # cumulative average over the calibration pass
+            hf.train()
+            hf.model.pixel_level_module.encoder(normalize(calibration_images).float())
+            for name, bn in hf.named_modules():
+                if isinstance(bn, torch.nn.BatchNorm2d):
+                    # The last norm of each residual branch is kept small, as in trained ResNets,
+                    # so that feature maps stay at realistic magnitudes through 16 blocks.
+                    last_in_branch = name.endswith("layer.2.normalization")
+                    bn.weight.uniform_(0.1, 0.3) if last_in_branch else bn.weight.uniform_(0.5, 1.5)
+                    bn.bias.normal_(0.0, 0.1)
+    hf = hf.eval()
+    return hf.double() if dtype == "float64" else hf
+
+
+def normalize(images):
+    """(B, H, W, 3) 0..255 numpy -> normalised NCHW float64 torch tensor, as HF expects."""
+    import torch
+
+    m = Mask2FormerConfig().model
+    x = (np.asarray(images, np.float64) - np.array(m.pixel_mean)) / np.array(m.pixel_std)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def run_reference(hf, images) -> dict[str, np.ndarray]:
+    """Every compared output of the reference, channels-last where it is a map."""
+    import torch
+
+    x = normalize(images).to(next(hf.parameters()).dtype)
+    with torch.no_grad():
+        out = hf(pixel_values=x, output_hidden_states=True, output_auxiliary_logits=True)
+
+    def nhwc(t):
+        return t.detach().numpy().transpose(0, 2, 3, 1)
+
+    result = {f"res{i + 2}": nhwc(t) for i, t in enumerate(out.encoder_hidden_states)}
+    result.update({f"multi_scale_{i}": nhwc(t) for i, t in enumerate(out.pixel_decoder_hidden_states)})
+    result["mask_features"] = nhwc(out.pixel_decoder_last_hidden_state)
+    result["pred_logits"] = out.class_queries_logits.numpy()
+    result["pred_masks"] = out.masks_queries_logits.numpy()
+    for i, aux in enumerate(out.auxiliary_logits):
+        result[f"aux_{i}_pred_logits"] = aux["class_queries_logits"].numpy()
+        result[f"aux_{i}_pred_masks"] = aux["masks_queries_logits"].numpy()
+    return result
+
+
+def run_ours(model, images) -> dict[str, np.ndarray]:
+    """The same outputs from our Keras model."""
+    from keras import ops
+
+    x = model.preprocess(ops.convert_to_tensor(np.asarray(images, np.float32)))
+    features = model.backbone(x)
+    mask_features, multi_scale = model.pixel_decoder(features)
+    out = model.transformer_decoder(multi_scale, mask_features)
+    result = {k: ops.convert_to_numpy(v) for k, v in features.items()}
+    result.update({f"multi_scale_{i}": ops.convert_to_numpy(t) for i, t in enumerate(multi_scale)})
+    result["mask_features"] = ops.convert_to_numpy(mask_features)
+    result["pred_logits"] = ops.convert_to_numpy(out["pred_logits"])
+    result["pred_masks"] = ops.convert_to_numpy(out["pred_masks"])
+    for i, aux in enumerate(out["aux_outputs"]):
+        result[f"aux_{i}_pred_logits"] = ops.convert_to_numpy(aux["pred_logits"])
+        result[f"aux_{i}_pred_masks"] = ops.convert_to_numpy(aux["pred_masks"])
+    return result
+
+
+def prediction_names(num_sets: int) -> list[str]:
+    """Prediction sets in order: aux_0 (raw queries) .. aux_{n-2}, then the final one."""
+    return [f"aux_{i}_" for i in range(num_sets - 1)] + [""]
+
+
+def attention_mask_flips(reference: dict, ours: dict) -> list[int]:
+    """Per prediction set that feeds a decoder layer: how many attention-mask bits (sigmoid >= 0.5 of
+    the mask logits resized to that layer's level) differ between the reference and ours."""
+    from keras import ops
+
+    from model.layers import resize_bilinear
+
+    names = prediction_names(sum(k.endswith("pred_masks") for k in reference))
+    flips = []
+    for index, prefix in enumerate(names[:-1]):
+        size = reference[f"multi_scale_{index % 3}"].shape[1:3]
+        bits = []
+        for outputs in (reference, ours):
+            masks = np.asarray(outputs[f"{prefix}pred_masks"], np.float64).transpose(0, 2, 3, 1)
+            resized = ops.convert_to_numpy(resize_bilinear(ops.convert_to_tensor(masks), size))
+            bits.append(resized >= 0.0)
+        flips.append(int((bits[0] != bits[1]).sum()))
+    return flips
+
+
+def compare(size: str = "r50", dtype: str = "float32", seed: int = 0, image_shape=(2, 160, 224)):
+    """Builds the reference and our model with the same weights (through a detectron2 pickle and
+    our public loader) and runs both on the same random image batch.
+
+    Returns (rows, flips): rows = [(output name, shape, max abs difference, max abs reference value)].
+    """
+    import pickle
+    import tempfile
+
+    from model import build_model
+    from model.checkpoint import load_detectron2_checkpoint
+
+    images = np.random.default_rng(seed).uniform(0, 255, (*image_shape, 3)).astype(np.float32)
+    hf = build_reference(size, seed=seed, calibration_images=images, dtype=dtype)
+    model = build_model(keras_config(size), dtype=dtype)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/model_final.pkl"
+        with open(path, "wb") as f:
+            pickle.dump({"model": hf_to_detectron2(hf.state_dict())}, f)
+        load_detectron2_checkpoint(model, path)
+    reference, ours = run_reference(hf, images), run_ours(model, images)
+    rows = [
+        (
+            name,
+            reference[name].shape,
+            float(np.abs(reference[name] - ours[name]).max()),
+            float(np.abs(reference[name]).max()),
+        )
+        for name in reference
+    ]
+    return rows, attention_mask_flips(reference, ours)
