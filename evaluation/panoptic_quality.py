@@ -278,11 +278,18 @@ def pq_compute(
 
     def one_image(pair):
         gt_ann, pred_ann = pair
-        gt_ids = read_panoptic_png(os.path.join(gt_folder, gt_ann["file_name"]))
-        pred_ids = read_panoptic_png(os.path.join(pred_folder, pred_ann["file_name"]))
-        return evaluator.image_counts(
-            gt_ids, gt_ann["segments_info"], pred_ids, pred_ann["segments_info"], gt_ann["image_id"]
-        )
+        gt_png = os.path.join(gt_folder, gt_ann["file_name"])
+        pred_png = os.path.join(pred_folder, pred_ann["file_name"])
+        try:
+            return evaluator.image_counts(
+                read_panoptic_png(gt_png),
+                gt_ann["segments_info"],
+                read_panoptic_png(pred_png),
+                pred_ann["segments_info"],
+                gt_ann["image_id"],
+            )
+        except KeyError as e:  # panopticapi's message, plus the files to fix
+            raise KeyError(f"{e.args[0]} (files: {pred_png}, {pred_json_file})") from None
 
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
         for counts in pool.map(one_image, pairs):
