@@ -24,6 +24,8 @@ COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR
 
 def encode_masks(masks: np.ndarray) -> list[dict]:
     """(N, H, W) bool -> COCO compressed RLEs with `counts` as str (JSON-ready)."""
+    if len(masks) == 0:
+        return []
     rles = mask_utils.encode(np.asfortranarray(np.asarray(masks, dtype=np.uint8).transpose(1, 2, 0)))
     for rle in rles:
         rle["counts"] = rle["counts"].decode("ascii")
@@ -41,7 +43,7 @@ def instances_to_coco_results(image_id: int, instances, category_ids) -> list[di
 
     `category_ids[k]` is the dataset id of contiguous class k.
     """
-    rles = encode_masks(instances.masks) if len(instances.scores) else []
+    rles = encode_masks(instances.masks)
     boxes = xyxy_to_xywh(instances.boxes)
     return [
         {
