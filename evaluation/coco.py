@@ -26,7 +26,9 @@ def encode_masks(masks: np.ndarray) -> list[dict]:
     """(N, H, W) bool -> COCO compressed RLEs with `counts` as str (JSON-ready)."""
     if len(masks) == 0:
         return []
-    rles = mask_utils.encode(np.asfortranarray(np.asarray(masks, dtype=np.uint8).transpose(1, 2, 0)))
+    masks = np.asarray(masks)
+    masks = masks.view(np.uint8) if masks.dtype == bool else masks.astype(np.uint8)
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))  # no copy for instance_inference's masks
     for rle in rles:
         rle["counts"] = rle["counts"].decode("ascii")
     return rles

@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 
 VOID = 0
+OFFSET = 256 * 256 * 256  # ids of RGB PNGs are below this
 
 
 def rgb_to_id(color: np.ndarray) -> np.ndarray:
@@ -150,19 +151,27 @@ def _image_counts(lookup, gt_ids, gt_segments, pred_ids, pred_segments, image_id
     gt_by_id = {int(s["id"]): s for s in gt_segments}  # later duplicates win, as in panopticapi
     pred_by_id = {int(s["id"]): s for s in pred_segments}
 
-    # pixels -> row / column of the confusion matrix
+    # (gt id, pred id) pairs with their pixel counts: one hash-based np.unique over the image
+    if max(int(gt_ids.max(initial=0)), int(pred_ids.max(initial=0))) >= OFFSET:
+        raise ValueError(f"image {image_id}: segment ids must be < 256^3 (an RGB PNG id)")
+    pair_keys, pair_pixels = np.unique(
+        gt_ids.astype(np.uint64) * OFFSET + pred_ids.astype(np.uint64), return_counts=True
+    )
+    pair_gt, pair_pred = (pair_keys // OFFSET).astype(np.int64), (pair_keys % OFFSET).astype(np.int64)
+
+    # pairs -> row / column of a small confusion matrix
     gt_keys = np.array(sorted(gt_by_id), dtype=np.int64)
     pred_keys = np.array(sorted(pred_by_id), dtype=np.int64)
     num_gt, num_pred = len(gt_keys), len(pred_keys)
-    gt_rows = _index_of(gt_ids, gt_keys)  # -1 where the id is not in the JSON
-    pred_cols = _index_of(pred_ids, pred_keys)
-    _check_prediction(pred_ids, pred_cols, pred_keys, pred_by_id, lookup, image_id)
+    gt_rows = _index_of(pair_gt, gt_keys)  # -1 where the id is not in the JSON
+    pred_cols = _index_of(pair_pred, pred_keys)
+    _check_prediction(pair_pred, pred_cols, pred_keys, pred_by_id, lookup, image_id)
     void_row = num_gt  # gt pixels 0 not listed in the JSON
-    gt_rows = np.where(gt_rows >= 0, gt_rows, np.where(gt_ids == VOID, void_row, num_gt + 1))
+    gt_rows = np.where(gt_rows >= 0, gt_rows, np.where(pair_gt == VOID, void_row, num_gt + 1))
     pred_cols = np.where(pred_cols >= 0, pred_cols, num_pred)  # pred VOID pixels (id 0 not in the JSON)
-    confusion = np.bincount(
-        (gt_rows * (num_pred + 1) + pred_cols).ravel(), minlength=(num_gt + 2) * (num_pred + 1)
-    ).reshape(num_gt + 2, num_pred + 1)[:, :num_pred]  # [gt rows + void + unlisted, pred segments]
+    confusion = np.zeros((num_gt + 2, num_pred + 1), np.int64)  # [gt segments + void + unlisted, pred + void]
+    np.add.at(confusion, (gt_rows, pred_cols), pair_pixels)
+    confusion = confusion[:, :num_pred]
 
     pred_area = confusion.sum(0)
     missing = pred_keys[pred_area == 0]
@@ -223,7 +232,7 @@ def _index_of(ids: np.ndarray, keys: np.ndarray) -> np.ndarray:
 
 
 def _check_prediction(pred_ids, pred_cols, pred_keys, pred_by_id, lookup, image_id) -> None:
-    """panopticapi's sanity checks, raising the first error in increasing segment-id order."""
+    """panopticapi's sanity checks on the predicted ids present, raising the first error in id order."""
     unlisted = np.unique(pred_ids[(pred_cols < 0) & (pred_ids != VOID)])
     unknown = [int(k) for k in pred_keys if int(pred_by_id[int(k)]["category_id"]) not in lookup]
     problems = sorted([(int(i), "png") for i in unlisted] + [(k, "category") for k in unknown])

@@ -181,7 +181,8 @@ def instance_inference(
     binary = ops.cast(logits > 0, "float32")
     mask_quality = ops.sum(ops.sigmoid(logits) * binary, axis=(1, 2)) / (ops.sum(binary, axis=(1, 2)) + 1e-6)
     scores = top_scores * ops.convert_to_numpy(mask_quality)
-    masks = ops.convert_to_numpy(binary) > 0
+    # (N, H, W) view of an (N, W, H) array: column-major per mask, as COCO RLE encoding reads it
+    masks = ops.convert_to_numpy(ops.transpose(logits > 0, (0, 2, 1))).transpose(0, 2, 1)
     order = np.argsort(-scores, kind="stable")
     masks = masks[order]
     return InstanceResult(
