@@ -1,0 +1,266 @@
+"""Model outputs -> semantic, panoptic or instance results, exactly as the official Mask2Former.
+
+Official code: facebookresearch/Mask2Former `mask_former_model.py` (`semantic_inference`,
+`panoptic_inference`, `instance_inference`, detectron2 `sem_seg_postprocess`):
+
+- Mask logits (Q, Hp/4, Wp/4) are upsampled bilinearly to the padded input (Hp, Wp), the padding is
+  cropped to the resized image (h, w), and the result is resized to the original image (H0, W0);
+  bilinear with align_corners=False (half-pixel centres) throughout.
+- Instance and panoptic post-process the mask logits first; a semantic-only model (the official
+  semantic configs) forms the (K, Hp, Wp) class probabilities first and then crops and resizes them.
+- Instance boxes are not predicted: we derive them from the masks (detectron2's
+  `BitMasks.get_bounding_boxes`: [x0, y0, x1 + 1, y1 + 1]).
+
+Where Hugging Face's `Mask2FormerImageProcessor.post_process_*` differs from the official code (and
+we follow the official code): HF first resizes masks to a fixed 384 x 384 and never crops padding;
+its panoptic step thresholds `score * sigmoid` (not `sigmoid`) at 0.5 for the original area, keeps a
+segment only when the area ratio is strictly > 0.8 (official: >= 0.8), paints the whole argmax region
+(official: only where sigmoid >= 0.5), merges stuff only for `label_ids_to_fuse`, and can reuse a
+segment id after a merge; its instance step keeps all classes of panoptic models and resizes binary
+masks with nearest-neighbour.
+
+The tensor work (resizing, softmax, sigmoid, top-k, reductions) runs in `keras.ops` on the
+accelerator; the per-image bookkeeping (segment ids, boxes) is NumPy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from keras import ops
+
+TASKS = ("instance", "panoptic", "semantic")
+
+
+@dataclass
+class InstanceResult:
+    """Instances of one image at its original size, highest score first."""
+
+    masks: np.ndarray  # bool (N, H0, W0)
+    scores: np.ndarray  # float32 (N,) class score x mean mask probability
+    labels: np.ndarray  # int64 (N,) contiguous class indices
+    queries: np.ndarray  # int64 (N,) the query each instance comes from
+    boxes: np.ndarray  # float32 (N, 4) [x0, y0, x1, y1], x1/y1 exclusive
+
+
+@dataclass
+class PanopticResult:
+    """Panoptic segmentation of one image: segment ids from 1; 0 = no segment."""
+
+    segment_ids: np.ndarray  # int32 (H0, W0)
+    segments: list[dict] = field(default_factory=list)  # {"id", "category" (contiguous), "isthing", "score"}
+
+
+@dataclass
+class SemanticResult:
+    """Per-pixel class of one image."""
+
+    labels: np.ndarray  # int32 (H0, W0) contiguous class indices
+
+
+# ------------------------------------------------------------------------------------- resizing
+def resize_bilinear(x, size: tuple[int, int]):
+    """(C, H, W) -> (C, *size), bilinear with half-pixel centres (torch align_corners=False), no antialias."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return ops.image.resize(x, size, interpolation="bilinear", antialias=False, data_format="channels_first")
+
+
+def crop_and_resize(x, image_size: tuple[int, int], original_size: tuple[int, int]):
+    """detectron2 `sem_seg_postprocess`: (C, Hp, Wp) -> crop to `image_size` -> resize to `original_size`."""
+    height, width = image_size
+    return resize_bilinear(x[:, :height, :width], original_size)
+
+
+def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
+    """(N, H, W) bool -> (N, 4) float32 [x0, y0, x1 + 1, y1 + 1]; empty masks give zeros."""
+    n = masks.shape[0]
+    boxes = np.zeros((n, 4), dtype=np.float32)
+    if n == 0:
+        return boxes
+    columns, rows = masks.any(axis=1), masks.any(axis=2)  # (N, W), (N, H)
+    nonempty = columns.any(axis=1)
+    width, height = columns.shape[1], rows.shape[1]
+    boxes[:, 0] = columns.argmax(1)
+    boxes[:, 1] = rows.argmax(1)
+    boxes[:, 2] = width - columns[:, ::-1].argmax(1)
+    boxes[:, 3] = height - rows[:, ::-1].argmax(1)
+    boxes[~nonempty] = 0
+    return boxes
+
+
+# ------------------------------------------------------------------------------- per-task rules
+def semantic_inference(class_logits, mask_logits):
+    """(Q, K+1), (Q, H, W) -> (K, H, W) class probabilities: einsum(softmax[:, :K], sigmoid)."""
+    class_probs = ops.softmax(ops.cast(class_logits, "float32"), axis=-1)[:, :-1]
+    mask_probs = ops.sigmoid(ops.cast(mask_logits, "float32"))
+    return ops.einsum("qc,qhw->chw", class_probs, mask_probs)
+
+
+def panoptic_inference(
+    class_logits,
+    mask_logits,
+    isthing: np.ndarray,
+    object_mask_threshold: float = 0.8,
+    overlap_threshold: float = 0.8,
+) -> PanopticResult:
+    """Official `panoptic_inference` on (Q, K+1) logits and (Q, H, W) mask logits at output size.
+
+    Keeps queries whose best class is not no-object with score > `object_mask_threshold`; each pixel
+    goes to the kept query with the highest score x sigmoid; a query keeps its segment (its pixels with
+    sigmoid >= 0.5) only if its argmax area / its sigmoid >= 0.5 area >= `overlap_threshold`;
+    segments of one stuff class merge; ids count from 1.
+    """
+    num_classes = class_logits.shape[-1] - 1
+    probs = ops.softmax(ops.cast(class_logits, "float32"), axis=-1)
+    scores = ops.convert_to_numpy(ops.max(probs, axis=-1))
+    labels = ops.convert_to_numpy(ops.argmax(probs, axis=-1))
+    keep = np.nonzero((labels != num_classes) & (scores > object_mask_threshold))[0]
+    height, width = mask_logits.shape[-2:]
+    result = PanopticResult(np.zeros((height, width), dtype=np.int32))
+    if len(keep) == 0:
+        return result
+
+    masks = ops.sigmoid(ops.cast(ops.take(mask_logits, keep, axis=0), "float32"))  # [n, H, W]
+    owner = ops.argmax(ops.convert_to_tensor(scores[keep])[:, None, None] * masks, axis=0)  # [H, W]
+    owner_prob = ops.take_along_axis(masks, owner[None], axis=0)[0]
+    original_area = ops.convert_to_numpy(ops.sum(ops.cast(masks >= 0.5, "int32"), axis=(1, 2)))
+    owner = ops.convert_to_numpy(owner)
+    inside = ops.convert_to_numpy(owner_prob >= 0.5)  # owner's own mask covers the pixel
+    argmax_area = np.bincount(owner.ravel(), minlength=len(keep))
+    segment_area = np.bincount(owner[inside], minlength=len(keep))
+
+    segment_of_query = np.zeros(len(keep), dtype=np.int32)
+    stuff_segment = {}
+    next_id = 0
+    for k, query in enumerate(keep):
+        category = int(labels[query])
+        if not (argmax_area[k] > 0 and original_area[k] > 0 and segment_area[k] > 0):
+            continue
+        if argmax_area[k] / original_area[k] < overlap_threshold:
+            continue
+        if not isthing[category] and category in stuff_segment:
+            segment_of_query[k] = stuff_segment[category]
+            continue
+        next_id += 1
+        segment_of_query[k] = next_id
+        if not isthing[category]:
+            stuff_segment[category] = next_id
+        result.segments.append(
+            {"id": next_id, "category": category, "isthing": bool(isthing[category]), "score": float(scores[query])}
+        )
+    result.segment_ids = np.where(inside, segment_of_query[owner], 0).astype(np.int32)
+    return result
+
+
+def instance_inference(
+    class_logits,
+    mask_logits,
+    instances_per_image: int = 100,
+    thing_classes_only: np.ndarray | None = None,
+) -> InstanceResult:
+    """Official `instance_inference` on (Q, K+1) logits and (Q, H, W) mask logits at output size.
+
+    Top-`instances_per_image` of softmax[:, :K] over all (query, class) pairs; label = index % K,
+    query = index // K; mask = logit > 0; score = class score x mean sigmoid inside the mask.
+    `thing_classes_only` (bool per class, panoptic models) drops stuff classes after the top-k.
+    """
+    num_queries, num_classes = class_logits.shape[0], class_logits.shape[-1] - 1
+    class_probs = ops.softmax(ops.cast(class_logits, "float32"), axis=-1)[:, :-1]
+    k = min(instances_per_image, num_queries * num_classes)
+    top_scores, top_index = ops.top_k(ops.reshape(class_probs, (-1,)), k)
+    labels = ops.convert_to_numpy(top_index) % num_classes
+    queries = ops.convert_to_numpy(top_index) // num_classes
+    top_scores = ops.convert_to_numpy(top_scores)
+    if thing_classes_only is not None:
+        chosen = np.asarray(thing_classes_only)[labels]
+        labels, queries, top_scores = labels[chosen], queries[chosen], top_scores[chosen]
+
+    logits = ops.cast(ops.take(mask_logits, queries, axis=0), "float32")  # [N, H, W]
+    binary = ops.cast(logits > 0, "float32")
+    mask_quality = ops.sum(ops.sigmoid(logits) * binary, axis=(1, 2)) / (ops.sum(binary, axis=(1, 2)) + 1e-6)
+    scores = top_scores * ops.convert_to_numpy(mask_quality)
+    # (N, H, W) view of an (N, W, H) array: column-major per mask, as COCO RLE encoding reads it
+    masks = ops.convert_to_numpy(ops.transpose(logits > 0, (0, 2, 1))).transpose(0, 2, 1)
+    order = np.argsort(-scores, kind="stable")
+    masks = masks[order]
+    return InstanceResult(
+        masks=masks,
+        scores=scores[order].astype(np.float32),
+        labels=labels[order].astype(np.int64),
+        queries=queries[order].astype(np.int64),
+        boxes=masks_to_boxes(masks),
+    )
+
+
+# ------------------------------------------------------------------------------ whole batches
+class PostProcessor:
+    """Turns a batch of model outputs into per-image results of one task.
+
+    Args:
+        task: "instance", "panoptic" or "semantic".
+        isthing: bool per contiguous class: stuff classes merge into one panoptic segment, and when
+            there are stuff classes (a panoptic model) instance results keep thing classes only, as
+            the official model does with panoptic inference on. Default: every class is a thing.
+        object_mask_threshold, overlap_threshold: panoptic thresholds (official: 0.8, 0.8).
+        instances_per_image: instance top-k (official: 100).
+    """
+
+    def __init__(
+        self,
+        task: str,
+        isthing=None,
+        object_mask_threshold: float = 0.8,
+        overlap_threshold: float = 0.8,
+        instances_per_image: int = 100,
+    ):
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        self.task = task
+        self.isthing = None if isthing is None else np.asarray(isthing, dtype=bool)
+        self.object_mask_threshold = object_mask_threshold
+        self.overlap_threshold = overlap_threshold
+        self.instances_per_image = instances_per_image
+
+    @classmethod
+    def from_config(cls, config, isthing=None, task: str | None = None) -> PostProcessor:
+        """From `config.inference` (task, thresholds, top-k); `isthing` from the dataset categories."""
+        inference = config.inference
+        return cls(
+            task or inference.task,
+            isthing=isthing,
+            object_mask_threshold=inference.object_mask_threshold,
+            overlap_threshold=inference.overlap_threshold,
+            instances_per_image=inference.instances_per_image,
+        )
+
+    def __call__(self, outputs: dict, image_sizes, original_sizes) -> list:
+        """outputs: `pred_logits` (B, Q, K+1), `pred_masks` (B, Q, Hp/4, Wp/4).
+
+        image_sizes: per image (h, w) of the resized image inside the padded input (Hp, Wp);
+        original_sizes: per image (H0, W0) to return results at.
+        """
+        class_logits, mask_logits = outputs["pred_logits"], outputs["pred_masks"]
+        padded_size = (4 * mask_logits.shape[-2], 4 * mask_logits.shape[-1])
+        return [
+            self.one_image(class_logits[i], mask_logits[i], padded_size, image_sizes[i], original_sizes[i])
+            for i in range(len(image_sizes))
+        ]
+
+    def one_image(self, class_logits, mask_logits, padded_size, image_size, original_size):
+        """(Q, K+1), (Q, Hp/4, Wp/4) of one image -> its result at `original_size`."""
+        num_classes = class_logits.shape[-1] - 1
+        isthing = self.isthing if self.isthing is not None else np.ones(num_classes, dtype=bool)
+        if len(isthing) != num_classes:
+            raise ValueError(f"isthing has {len(isthing)} entries but the model predicts {num_classes} classes")
+        image_size, original_size = tuple(map(int, image_size)), tuple(map(int, original_size))
+        padded = resize_bilinear(ops.cast(mask_logits, "float32"), padded_size)  # [Q, Hp, Wp]
+        if self.task == "semantic":
+            probs = crop_and_resize(semantic_inference(class_logits, padded), image_size, original_size)
+            return SemanticResult(ops.convert_to_numpy(ops.argmax(probs, axis=0)).astype(np.int32))
+        masks = crop_and_resize(padded, image_size, original_size)  # [Q, H0, W0]
+        if self.task == "panoptic":
+            return panoptic_inference(class_logits, masks, isthing, self.object_mask_threshold, self.overlap_threshold)
+        things_only = isthing if not isthing.all() else None
+        return instance_inference(class_logits, masks, self.instances_per_image, things_only)
