@@ -209,6 +209,48 @@ def _decode_segmentation(ann: dict, height: int, width: int) -> np.ndarray:
     return mask_utils.decode(rle)
 
 
+class _BadAnnotation(Exception):
+    def __init__(self, kind: str, reason: str):
+        super().__init__(reason)
+        self.kind, self.reason = kind, reason
+
+
+def _add_object(ann: dict, height: int, width: int, include_mask: bool, columns: dict) -> None:
+    """Appends one annotation to the per-object columns, or raises _BadAnnotation (nothing appended)."""
+    try:
+        category_id = int(ann["category_id"])
+        segmentation_present = "segmentation" in ann
+    except (KeyError, TypeError, ValueError) as e:
+        raise _BadAnnotation("bad annotation", f"missing or malformed field {e}") from None
+    if category_id not in _WORKER["category_ids"]:
+        raise _BadAnnotation("unknown category", f"category id {category_id} is not listed")
+    mask = None
+    if include_mask or "bbox" not in ann:
+        if not segmentation_present:
+            raise _BadAnnotation("bad annotation", "no 'segmentation' (masks were asked for)")
+        try:
+            mask = _decode_segmentation(ann, height, width)
+        except (ValueError, TypeError, KeyError) as e:
+            kind = "polygon with fewer than 3 points" if "fewer than 3" in str(e) else "bad segmentation"
+            raise _BadAnnotation(kind, str(e)) from None
+    try:
+        bbox = ann["bbox"] if "bbox" in ann else mask_utils.toBbox(mask_utils.encode(np.asfortranarray(mask)))
+        x, y, w, h = (float(v) for v in bbox)
+    except (TypeError, ValueError) as e:
+        raise _BadAnnotation("bad annotation", f"malformed bbox {ann.get('bbox')}: {e}") from None
+    if w <= 0 or h <= 0 or x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        raise _BadAnnotation("box outside the image", f"bbox {[x, y, w, h]} in a {width}x{height} image")
+    if include_mask:
+        columns["mask"].append(fmt.encode_png(mask))
+    columns["xmin"].append(max(x, 0.0) / width)
+    columns["xmax"].append(min(x + w, float(width)) / width)
+    columns["ymin"].append(max(y, 0.0) / height)
+    columns["ymax"].append(min(y + h, float(height)) / height)
+    columns["label"].append(category_id)
+    columns["is_crowd"].append(int(ann.get("iscrowd", 0)))
+    columns["area"].append(float(ann.get("area", 0.0)))
+
+
 def _object_features(task: dict, height: int, width: int, problems: list[Problem]) -> tuple[dict, int]:
     """Model Garden `image/object/*` features; bad annotations are reported and skipped."""
     import tensorflow as tf
@@ -218,30 +260,10 @@ def _object_features(task: dict, height: int, width: int, problems: list[Problem
     columns = collections.defaultdict(list)
     for ann in task["objects"]:
         where = f"{source}, annotation {ann.get('id')}"
-        if int(ann["category_id"]) not in _WORKER["category_ids"]:
-            problems.append(Problem("unknown category", where, f"category id {ann['category_id']} is not listed"))
-            continue
-        x, y, w, h = (float(v) for v in ann["bbox"])
-        if w <= 0 or h <= 0 or x >= width or y >= height or x + w <= 0 or y + h <= 0:
-            problems.append(Problem("box outside the image", where, f"bbox {ann['bbox']} in a {width}x{height} image"))
-            continue
-        if options.include_masks:
-            try:
-                mask = _decode_segmentation(ann, height, width)
-            except (ValueError, TypeError) as e:
-                kind = "polygon with fewer than 3 points" if "fewer than 3" in str(e) else "bad segmentation"
-                problems.append(Problem(kind, where, str(e)))
-                continue
-            columns["mask"].append(fmt.encode_png(mask))
-        x0, y0 = max(x, 0.0), max(y, 0.0)
-        x1, y1 = min(x + w, float(width)), min(y + h, float(height))
-        columns["xmin"].append(x0 / width)
-        columns["xmax"].append(x1 / width)
-        columns["ymin"].append(y0 / height)
-        columns["ymax"].append(y1 / height)
-        columns["label"].append(int(ann["category_id"]))
-        columns["is_crowd"].append(int(ann.get("iscrowd", 0)))
-        columns["area"].append(float(ann.get("area", 0.0)))
+        try:
+            _add_object(ann, height, width, options.include_masks, columns)
+        except _BadAnnotation as e:
+            problems.append(Problem(e.kind, where, e.reason))
 
     floats = lambda v: tf.train.Feature(float_list=tf.train.FloatList(value=v))  # noqa: E731
     ints = lambda v: tf.train.Feature(int64_list=tf.train.Int64List(value=v))  # noqa: E731
@@ -319,6 +341,14 @@ def _bytes_feature(value: bytes):
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
 
+def _convert_image_safely(task: dict) -> tuple[bytes | None, list[Problem], int]:
+    """_convert_image, with anything unforeseen reported against the image instead of ending the run."""
+    try:
+        return _convert_image(task)
+    except Exception as e:  # noqa: BLE001 - one odd image must not stop a long conversion
+        return None, [Problem("unexpected error", task["image_path"], f"{type(e).__name__}: {e}")], 0
+
+
 def _convert_image(task: dict) -> tuple[bytes | None, list[Problem], int]:
     """(serialized tf.train.Example or None when the image is skipped, problems, instances)."""
     import tensorflow as tf
@@ -361,6 +391,8 @@ def _convert_image(task: dict) -> tuple[bytes | None, list[Problem], int]:
         except (OSError, ValueError, SyntaxError) as e:
             problems.append(Problem("unreadable label PNG", task["semantic_path"], str(e)))
             return None, problems, 0
+        if label.dtype not in (np.uint8, np.uint16):
+            label = label.astype(np.uint16)
         features[fmt.SEMANTIC_ENCODED] = _bytes_feature(fmt.encode_png(label))
         features[fmt.SEMANTIC_FORMAT] = _bytes_feature(b"png")
         instances = max(instances, len(np.unique(label)))
@@ -406,7 +438,9 @@ def convert(options: ConversionOptions, log=None) -> ConversionStats:
     category_ids = set(categories.ids) | set(instance_categories.ids if instance_categories else ())
     try:
         with context.Pool(workers, initializer=_init_worker, initargs=(category_ids, options)) as pool:
-            for done, (serialized, found, instances) in enumerate(pool.imap(_convert_image, tasks, chunksize=4), 1):
+            for done, (serialized, found, instances) in enumerate(
+                pool.imap(_convert_image_safely, tasks, chunksize=4), 1
+            ):
                 report(found)
                 if serialized is None:
                     stats.images_skipped += 1

@@ -88,10 +88,14 @@ class Decoder:
                 tf.size(labels),
                 message="a record has objects without masks; convert it with --include_masks",
             )
-            masks = tf.map_fn(
-                lambda png: tf.io.decode_png(png, channels=1)[..., 0],
-                pngs,
-                fn_output_signature=tf.TensorSpec([None, None], tf.uint8),
+            masks = tf.cond(
+                tf.size(pngs) > 0,
+                lambda: tf.map_fn(
+                    lambda png: tf.io.decode_png(png, channels=1)[..., 0],
+                    pngs,
+                    fn_output_signature=tf.TensorSpec([None, None], tf.uint8),
+                ),
+                lambda: tf.zeros([0, height, width], tf.uint8),
             )
             out["masks"] = tf.reshape(masks, [-1, height, width])  # [N, H, W] also for N = 0
             size = tf.cast(tf.stack([height, width, height, width]), tf.float32)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-
 TARGET_KEYS = ("image", "masks", "labels", "valid")
 
 
