@@ -1,6 +1,7 @@
 """Decoder, parsers and build_dataset: 0, 1 and many instances, eagerly and inside tf.data; augmentation
 keeps image, masks and boxes aligned; the static training contract; determinism with a seed."""
 
+import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -318,3 +319,17 @@ def test_build_dataset_errors_name_the_fix(tmp_path):
     config.model.num_classes = 80
     with pytest.raises(ValueError, match="model.num_classes=3"):
         build_dataset(config, "train")
+
+
+def test_test_dataset_program_renders_samples(tmp_path):
+    import test_dataset
+
+    records = [make_example(*random_instances(3, seed=n), [False, True, False], source_id=n) for n in range(2)]
+    pattern = _write_shards(tmp_path, records)
+    common = ["--preset", "coco_instance", "--set", f"data.train_files={pattern}", "model.num_classes=3"]
+    common += ["data.image_size=[64,64]", "data.max_instances=4"]
+    for extra in ([], ["--raw"]):
+        out = tmp_path / ("raw" if extra else "augmented")
+        assert test_dataset.main(["--num_samples", "2", "--output_dir", str(out), *extra, *common]) == 0
+        rendered = [cv2.imread(str(out / f"sample_{n:03d}.png")) for n in range(2)]
+        assert all(r is not None and r.shape == ((64, 64, 3) if not extra else (24, 32, 3)) for r in rendered)
