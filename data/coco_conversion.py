@@ -195,10 +195,10 @@ def _decode_segmentation(ann: dict, height: int, width: int) -> np.ndarray:
     segm = ann["segmentation"]
     if isinstance(segm, list):
         if not segm:
-            raise ValueError("polygon with fewer than 3 points: the segmentation is an empty list")
-        for polygon in segm:
+            raise ValueError("fewer than 3 points: the segmentation is an empty list of polygons")
+        for n, polygon in enumerate(segm):
             if len(polygon) < 6 or len(polygon) % 2:
-                raise ValueError(f"polygon with fewer than 3 points: {len(polygon)} coordinates")
+                raise ValueError(f"fewer than 3 points: polygon {n} has {len(polygon)} coordinates")
         rle = mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
     elif isinstance(segm, dict) and "counts" in segm:
         if list(segm.get("size", [])) != [height, width]:
@@ -405,7 +405,9 @@ def convert(options: ConversionOptions, log=None) -> ConversionStats:
     """Converts everything `options` names; returns counts. Raises ConversionError on bad input if strict."""
     import tensorflow as tf
 
-    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    if log is None:  # on a terminal, clear the progress bar's line first
+        clear = "\r\x1b[2K" if options.progress and sys.stdout.isatty() else ""
+        log = lambda line: print(clear + line, file=sys.stderr, flush=True)  # noqa: E731
     if options.num_shards < 1:
         raise ConversionError(f"--num_shards must be >= 1, got {options.num_shards}")
     tasks, categories, instance_categories, problems = _plan(options)

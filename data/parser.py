@@ -195,10 +195,10 @@ class TrainParser:
         classes, is_crowd = example["classes"], example["is_crowd"]
         keep = (~is_crowd) & (classes >= 0)
         if "masks" in example:  # instance objects: drop crowd and the ones the crop emptied
-            masks = _resample_labels(example["masks"], rows, cols, axis=1)  # [N, h, w]
-            keep &= tf.reduce_any(masks > 0, axis=[1, 2])
-            target_masks, labels = tf.boolean_mask(masks, keep), tf.boolean_mask(classes, keep)
-            ignore = tf.reduce_max(tf.boolean_mask(masks, is_crowd), axis=0)  # crowd union (zeros if none)
+            object_masks = _resample_labels(example["masks"], rows, cols, axis=1)  # [N, h, w]
+            keep &= tf.reduce_any(object_masks > 0, axis=[1, 2])
+            target_masks, labels = tf.boolean_mask(object_masks, keep), tf.boolean_mask(classes, keep)
+            crowd = lambda: tf.reduce_max(tf.boolean_mask(object_masks, is_crowd), axis=0)  # noqa: E731 (zeros if none)
         else:
             semantic = "label_map" in example
             segment_map = _resample_labels(example["label_map" if semantic else "segment_map"], rows, cols, axis=0)
@@ -206,11 +206,11 @@ class TrainParser:
             if semantic:  # the classes present after the crop
                 present = tf.unique(tf.reshape(segment_map, [-1])).y
                 ids = tf.sort(tf.boolean_mask(present, present > 0))
-                ignore = tf.cast(segment_map == 0, tf.uint8)
+                crowd = lambda: segment_map == 0  # noqa: E731 (unlabelled)
             else:  # panoptic: every non-crowd segment, even one the crop left empty (official mapper)
                 ids = tf.boolean_mask(segment_ids, keep)
                 crowd_ids = tf.boolean_mask(segment_ids, is_crowd)
-                ignore = tf.cast(tf.reduce_any(segment_map[None] == crowd_ids[:, None, None], axis=0), tf.uint8)
+                crowd = lambda: tf.reduce_any(segment_map[None] == crowd_ids[:, None, None], axis=0)  # noqa: E731
             target_masks = tf.cast(segment_map[None] == ids[:, None, None], tf.uint8)  # [N, h, w]
             labels = tf.gather(classes, ids - 1)
 
@@ -223,7 +223,7 @@ class TrainParser:
             "valid": tf.ensure_shape(valid, [self.max_instances]),
         }
         if self.with_extras:
-            out["ignore_mask"] = _pad_to(tf.cast(ignore, tf.uint8), self.image_size, 1, axis=0)
+            out["ignore_mask"] = _pad_to(tf.cast(crowd(), tf.uint8), self.image_size, 1, axis=0)
             out["boxes"] = self._boxes(example, keep, flip, in_size, scaled, offset, crop)
             out["source_id"] = example["source_id"]
         return out
