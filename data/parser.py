@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-TARGET_KEYS = ("image", "masks", "labels", "valid")
-
 
 # ----------------------------------------------------------------- geometry
 def _resample_image(image: tf.Tensor, scaled_size: tf.Tensor, offset: tf.Tensor, crop_size: tf.Tensor) -> tf.Tensor:
