@@ -78,6 +78,8 @@ class Mask2Former(keras.Model):
             name="backbone",
             **kw,
         )
+        # The official pixel decoder always runs in float32 (autocast disabled), also under AMP.
+        mixed = self.dtype_policy.compute_dtype != self.dtype_policy.variable_dtype
         self.pixel_decoder = MSDeformAttnPixelDecoder(
             in_channels=self.backbone.out_channels,
             conv_dim=pixel_decoder_dim,
@@ -88,7 +90,7 @@ class Mask2Former(keras.Model):
             encoder_ffn_dim=encoder_ffn_dim,
             group_norm_groups=group_norm_groups,
             name="pixel_decoder",
-            **kw,
+            dtype="float32" if mixed else self.dtype_policy,
         )
         self.transformer_decoder = MaskedAttentionDecoder(
             num_classes=num_classes,

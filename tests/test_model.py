@@ -91,3 +91,18 @@ def test_saved_keras_model_round_trips(tmp_path):
     a, b = model(images), restored(images)
     np.testing.assert_array_equal(a["pred_masks"], b["pred_masks"])
     np.testing.assert_array_equal(a["aux_outputs"][3]["pred_logits"], b["aux_outputs"][3]["pred_logits"])
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_keeps_the_pixel_decoder_in_float32(policy):
+    config = tiny_config()
+    model = build_model(config, dtype=policy)
+    assert model.pixel_decoder.compute_dtype == "float32"
+    assert model.backbone.compute_dtype == model.transformer_decoder.compute_dtype == policy.split("_")[1]
+    reference = build_model(config)
+    reference.set_weights(model.get_weights())
+    images = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
+    out, expected = model(images), reference(images)
+    masks = keras.ops.convert_to_numpy(keras.ops.cast(out["pred_masks"], "float32"))
+    assert np.isfinite(masks).all()
+    assert np.abs(masks - expected["pred_masks"].numpy()).max() < 0.1 * np.abs(expected["pred_masks"].numpy()).max()
