@@ -76,7 +76,8 @@ def _load_weights(path: str, config):
         try:
             load_detectron2_state(network, state)
         except CheckpointError as e:
-            raise ModelLoadError(f"{path} does not fit the configured model: {_first_line(e)}") from None
+            problems = [line for line in str(e).splitlines() if line.startswith(("missing", "wrong shape"))]
+            raise ModelLoadError(f"{path} does not fit the configured model: {(problems or [str(e)])[0]}") from None
         return network
     if not path.endswith((".weights.h5", ".keras")):
         raise ModelLoadError(
@@ -112,13 +113,22 @@ def _check_architecture(path: str, state: dict, config) -> None:
         found = infer_model_config(state, num_heads=config.model.num_heads)
     except CheckpointError as e:
         raise ModelLoadError(f"{path}: {_first_line(e)}") from None
+    # deformable_points is read from sampling_offsets assuming config.model.num_heads; compare their product
+    found_points = found.pop("deformable_points") * config.model.num_heads
     differ = {k: v for k, v in found.items() if getattr(config.model, k) != v}
-    if differ:
-        have = ", ".join(f"{k}={v}" for k, v in differ.items())
-        want = ", ".join(f"{getattr(config.model, k)}" for k in differ)
-        fix = " ".join(f"model.{k}={_as_flag(v)}" for k, v in differ.items())
+    have = [f"{k}={_as_flag(v)}" for k, v in differ.items()]
+    want = [_as_flag(getattr(config.model, k)) for k in differ]
+    fix = " ".join(f"model.{k}={_as_flag(v)}" for k, v in differ.items())
+    if found_points != config.model.num_heads * config.model.deformable_points:
+        have.append(f"num_heads x deformable_points={found_points}")
+        want.append(str(config.model.num_heads * config.model.deformable_points))
+        fix += " and model.num_heads / model.deformable_points to match"
+    if have:
         hint = " (or --preset coco_panoptic)" if differ.get("num_classes") == 133 else ""
-        raise ModelLoadError(f"checkpoint {path} has {have} but the config says {want}; pass --set {fix}{hint}")
+        raise ModelLoadError(
+            f"checkpoint {path} has {', '.join(have)} but the config says {', '.join(want)}; "
+            f"pass --set {fix.strip()}{hint}"
+        )
 
 
 def _check_keras_class_count(path: str, config) -> None:
