@@ -1,8 +1,12 @@
 """Run Mask2Former on a folder of images: overlays and one JSON per image in images/res.
 
     python test.py --model mask2former_r50_coco.keras --images images/test                # converted model
+    python test.py --weights model_final_94dc52.pkl --preset coco_panoptic --images photos  # detectron2 .pkl
     python test.py --weights runs/m/ckpt.weights.h5 --preset coco_panoptic --images photos \\
         --categories datasets/coco/tfrecords/categories.json --score-threshold 0.6 --batch-size 4
+
+`--model` takes a `.keras` file (its architecture comes with it); `--weights` takes a detectron2 `.pkl`
+or a Keras `.weights.h5` for the model that `--preset/--config/--set` describe.
 
 For each image `x.jpg` it writes `images/res/x.png` (instance: coloured masks, outlines, "class 93%";
 panoptic: one colour per segment, stuff labelled; semantic: class colours with a legend) and
@@ -21,13 +25,12 @@ import sys
 from pathlib import Path
 
 import cv2
-import keras
-import numpy as np
 
 from config import ConfigError, add_config_arguments, config_from_args
 from data.categories import Categories
 from evaluation.export import result_to_json
 from evaluation.inference import Predictor, read_image
+from evaluation.loading import load_model
 from evaluation.postprocess import InstanceResult, PanopticResult
 from evaluation.visualize import draw_instances, draw_panoptic, draw_semantic
 
@@ -38,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Mask2Former inference on a folder of images.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="a saved .keras model (e.g. a converted official checkpoint)")
-    source.add_argument("--weights", help="weights for the model the config describes (.weights.h5)")
+    source.add_argument("--weights", help="weights for the configured model: detectron2 .pkl or Keras .weights.h5")
     parser.add_argument("--images", required=True, help="image folder (or one image file)")
     parser.add_argument("--output", default="images/res", help="where overlays and JSON go")
     parser.add_argument("--categories", default=None, help="categories.json (default: data.categories_file)")
@@ -62,7 +65,6 @@ def main(argv=None) -> None:
             if value is not None:
                 config.set(f"inference.{key}", value)
         config.validate()
-        categories = load_categories(args.categories or config.data.categories_file, config.model.num_classes)
         image_paths = list_images(args.images)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
@@ -70,7 +72,11 @@ def main(argv=None) -> None:
     import tensorflow as tf
 
     with tf.device(args.device) if args.device else contextlib.nullcontext():
-        model = load_model(args, config)
+        try:
+            model = load_model(config, args.model, args.weights)
+            categories = load_categories(args.categories or config.data.categories_file, config.model.num_classes)
+        except (ConfigError, FileNotFoundError, ValueError) as e:
+            sys.exit(f"error: {e}")
         predictor = Predictor(model, config, isthing=categories.isthing)
         try:
             run(
@@ -131,18 +137,6 @@ def load_categories(path: str, num_classes: int) -> Categories:
             )
         return categories
     return Categories.from_coco([{"id": k, "name": f"class {k}"} for k in range(num_classes)])
-
-
-def load_model(args, config):
-    """A saved `.keras` model, or the configured model with `--weights`."""
-    import model as model_package  # registers the custom layers with Keras
-
-    if args.model:
-        return keras.saving.load_model(args.model)
-    network = model_package.build_model(config)
-    network(np.zeros((1, 64, 64, 3), np.float32), training=False)  # create the variables
-    network.load_weights(args.weights)
-    return network
 
 
 if __name__ == "__main__":

@@ -1,4 +1,17 @@
-"""Evaluate segmentation predictions: COCO mask / box AP, panoptic quality.
+"""Evaluate segmentation: a model on a validation set, or predictions made elsewhere.
+
+A model (`--model` a .keras file, or `--weights` a detectron2 .pkl / Keras .weights.h5 for the model of
+`--preset/--config/--set`) on a validation set, with a progress bar; the task (instance, panoptic,
+semantic) comes from the config or `--task`:
+
+    # COCO JSON: images folder + instances JSON (mask and box AP) ...
+    python test_map.py --model mask2former_r50_coco.keras --images coco/val2017 \\
+        --gt coco/annotations/instances_val2017.json
+    # ... or + panoptic JSON and its PNG folder (PQ; with --task semantic: mIoU)
+    python test_map.py --weights model_final_94dc52.pkl --preset coco_panoptic --images coco/val2017 \\
+        --gt coco/annotations/panoptic_val2017.json --gt-dir coco/annotations/panoptic_val2017
+    # TFRecords written by convert_coco_to_tfrecord.py (default: data.val_files)
+    python test_map.py --model mask2former_r50_coco.keras --tfrecords "datasets/coco/tfrecords/val-*.tfrecord"
 
 Predictions made elsewhere (the kind is recognised from the files):
 
@@ -9,48 +22,111 @@ Predictions made elsewhere (the kind is recognised from the files):
         --predictions panoptic_pred.json --pred-dir panoptic_pred --output metrics.json
 
 It prints a table and writes `metrics.json`: `{"segm": {"AP": ..., 12 COCO stats}, "bbox": {...}}`,
-or for panoptic `{"All": {"pq", "sq", "rq", "n"}, "Things": ..., "Stuff": ..., "per_class": {id: ...}}`.
+for panoptic `{"All": {"pq", "sq", "rq", "n"}, "Things": ..., "Stuff": ..., "per_class": {id: ...}}`,
+for semantic `{"mIoU", "fwIoU", "mACC", "pACC", "per_class": {name: {"IoU", "ACC"}}}`.
 On the cocoapi fake results (`../shared/testdata/coco_eval`) it prints segm AP 31.95, bbox AP 50.46.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 
+from config import ConfigError, add_config_arguments, config_from_args
 from evaluation.files import evaluate_prediction_files, read_json
-from evaluation.tables import coco_table, panoptic_table
+from evaluation.tables import coco_table, panoptic_table, semantic_table
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--gt", required=True, help="ground truth: COCO instances JSON or COCO panoptic JSON")
-    parser.add_argument("--predictions", required=True, help="COCO results JSON or COCO panoptic JSON")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="a saved .keras model to evaluate (e.g. a converted official checkpoint)")
+    source.add_argument("--weights", help="weights of the configured model: detectron2 .pkl or Keras .weights.h5")
+    source.add_argument("--predictions", help="predictions made elsewhere: COCO results JSON or COCO panoptic JSON")
+    parser.add_argument("--gt", default=None, help="ground truth: COCO instances JSON or COCO panoptic JSON")
     parser.add_argument("--gt-dir", default=None, help="panoptic ground-truth PNG folder (default: --gt without .json)")
     parser.add_argument(
         "--pred-dir", default=None, help="panoptic prediction PNG folder (default: --predictions without .json)"
     )
+    parser.add_argument("--images", default=None, help="image folder of the --gt JSON (model evaluation)")
+    parser.add_argument("--tfrecords", default=None, help="TFRecord file pattern (default: data.val_files)")
+    parser.add_argument("--task", choices=("instance", "panoptic", "semantic"), help="overrides inference.task")
+    parser.add_argument("--batch-size", type=int, help="overrides inference.batch_size")
+    parser.add_argument("--device", default=None, help="TensorFlow device, e.g. /GPU:0 or /CPU:0")
     parser.add_argument("--output", default="metrics.json", help="where to write the metrics JSON")
     parser.add_argument("--workers", type=int, default=None, help="threads for panoptic images (default: CPUs, max 8)")
+    add_config_arguments(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    try:
-        kind, metrics = evaluate_prediction_files(args.gt, args.predictions, args.gt_dir, args.pred_dir, args.workers)
-    except (FileNotFoundError, KeyError, ValueError) as e:
-        sys.exit(f"error: {e.args[0] if e.args else e}")
+    if args.predictions:
+        if not args.gt:
+            sys.exit("error: --predictions needs the ground truth as --gt")
+        kind, metrics = evaluate_files(args)
+        names = {}
+        if kind == "panoptic":
+            names = {c["id"]: c.get("name", "") for c in read_json(args.gt, "ground-truth").get("categories", [])}
+    else:
+        kind, metrics, names = evaluate_model_args(args)
     if kind == "panoptic":
-        names = {c["id"]: c.get("name", "") for c in read_json(args.gt, "ground-truth").get("categories", [])}
         print(panoptic_table(metrics, names))
+    elif kind == "semantic":
+        print(semantic_table(metrics))
     else:
         print(coco_table(metrics))
     write_metrics(metrics, args.output)
     print(f"wrote {args.output}")
     return metrics
+
+
+def evaluate_files(args) -> tuple[str, dict]:
+    try:
+        return evaluate_prediction_files(args.gt, args.predictions, args.gt_dir, args.pred_dir, args.workers)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        sys.exit(f"error: {e.args[0] if e.args else e}")
+
+
+def evaluate_model_args(args) -> tuple[str, dict, dict]:
+    """--model / --weights on the COCO JSON (--gt, --images) or TFRecord (--tfrecords) validation set.
+
+    Returns (task, metrics, {category id: name})."""
+    try:
+        config = config_from_args(args)
+        if args.task:
+            config.set("inference.task", args.task)
+        if args.batch_size is not None:
+            config.set("inference.batch_size", args.batch_size)
+        config.validate()
+        if args.gt and not args.images:
+            raise ValueError("--gt with a model needs the image folder as --images (or evaluate --tfrecords)")
+    except (ConfigError, ValueError) as e:
+        sys.exit(f"error: {e}")
+
+    import tensorflow as tf
+
+    from evaluation.loading import load_model
+    from evaluation.model_evaluation import coco_json_eval_set, evaluate_model, tfrecord_eval_set
+
+    task = config.inference.task
+    with tf.device(args.device) if args.device else contextlib.nullcontext():
+        try:
+            model = load_model(config, args.model, args.weights)
+            if args.gt:
+                eval_set = coco_json_eval_set(config, args.gt, args.images, task, args.gt_dir)
+            else:
+                eval_set = tfrecord_eval_set(config, args.tfrecords or config.data.val_files, task)
+            metrics = evaluate_model(
+                model, eval_set, config, task, batch_size=config.inference.batch_size, progress=True
+            )
+        except (FileNotFoundError, KeyError, ValueError) as e:
+            sys.exit(f"error: {e.args[0] if e.args else e}")
+    categories = eval_set.categories
+    return task, metrics, dict(zip(categories.ids, categories.names, strict=True))
 
 
 def write_metrics(metrics: dict, path: str) -> None:

@@ -29,9 +29,8 @@ def result_to_json(result, file_name: str, category_ids, class_names, score_thre
         extra = [{} for _ in range(len(labels))]
     elif isinstance(result, PanopticResult):
         task = "panoptic"
-        masks = np.stack([result.segment_ids == s["id"] for s in result.segments]).reshape(
-            -1, *result.segment_ids.shape
-        )
+        segment_ids = np.array([s["id"] for s in result.segments], np.int32)
+        masks = result.segment_ids[None] == segment_ids[:, None, None]  # (N, H, W), also for N = 0
         labels = np.array([s["category"] for s in result.segments], np.int64)
         scores = [s["score"] for s in result.segments]
         height, width = result.segment_ids.shape

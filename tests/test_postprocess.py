@@ -245,3 +245,40 @@ def test_instance_matches_hf():
     np.testing.assert_allclose(ours.scores[nonempty], hf_scores[order], atol=1e-6)  # HF rounds to 6 digits
     np.testing.assert_array_equal(ours.labels[nonempty], hf_labels[order])
     assert np.mean(ours.masks[nonempty] == hf_masks[order]) > 0.999
+
+
+# ----------------------------------------------------------------- the real (tiny) model's outputs
+def test_real_model_outputs_are_cropped_and_resized_to_the_original_image():
+    """A 45 x 70 image (resized to 50 x 78, padded to 64 x 96, masks 16 x 24): results of every task
+    come back at 45 x 70, and the mask logits equal detectron2's `sem_seg_postprocess` (torch
+    F.interpolate bilinear, align_corners=False: upsample x4, crop the padding, resize)."""
+    from evaluation.inference import Predictor, resize_for_test
+    from evaluation.postprocess import crop_and_resize, resize_bilinear
+    from model import build_model
+    from model.checkpoint import load_detectron2_checkpoint
+    from tests.helpers import tiny_config
+
+    config = tiny_config()
+    config.data.min_size_test, config.data.max_size_test = 50, 100
+    network = build_model(config)
+    load_detectron2_checkpoint(network, "tests/golden/tiny_detectron2.pkl")
+    image = np.random.default_rng(0).integers(0, 256, (45, 70, 3), np.uint8)
+    resized = resize_for_test(image, 50, 100)
+    assert resized.shape[:2] == (50, 78)
+    outputs = network(resized[None].astype(np.float32), training=False)
+    assert tuple(outputs["pred_masks"].shape) == (1, 7, 16, 24)
+
+    for task in ("instance", "panoptic", "semantic"):
+        config.inference.task = task
+        config.inference.object_mask_threshold = 0.0  # random weights: keep every panoptic query
+        (result,) = Predictor(network, config)([image])
+        size = {"instance": lambda r: r.masks.shape[1:], "panoptic": lambda r: r.segment_ids.shape}
+        assert tuple(size.get(task, lambda r: r.labels.shape)(result)) == (45, 70), task
+
+    torch = pytest.importorskip("torch")
+    functional = torch.nn.functional
+    logits = torch.from_numpy(np.array(outputs["pred_masks"]))
+    expected = functional.interpolate(logits, size=(64, 96), mode="bilinear", align_corners=False)
+    expected = functional.interpolate(expected[:, :, :50, :78], size=(45, 70), mode="bilinear", align_corners=False)
+    ours = crop_and_resize(resize_bilinear(outputs["pred_masks"][0], (64, 96)), (50, 78), (45, 70))
+    np.testing.assert_allclose(np.asarray(ours), expected[0].numpy(), rtol=0, atol=1e-4)

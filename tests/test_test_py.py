@@ -135,3 +135,85 @@ def test_command_line_errors_are_one_line(tmp_path):
         test_program.main(["--model", "m.keras", "--images", str(tmp_path / "nope")])
     with pytest.raises(SystemExit, match="holds no images"):
         test_program.main(["--model", "m.keras", "--images", str(tmp_path)])
+
+
+# ------------------------------------------------------------------------ the real (tiny) model
+GOLDEN_PKL = "tests/golden/tiny_detectron2.pkl"
+
+
+@pytest.fixture(scope="module")
+def tiny_model_files(tmp_path_factory):
+    """The golden tiny checkpoint as .pkl, as a converted .keras model, as .weights.h5; plus its config."""
+    from model import build_model
+    from model.checkpoint import load_detectron2_checkpoint
+    from tests.helpers import tiny_config
+    from tools.convert_detectron2_checkpoint import convert
+
+    folder = tmp_path_factory.mktemp("tiny_model")
+    config = tiny_config()
+    config.data.min_size_test, config.data.max_size_test = 64, 128
+    config.save(str(folder / "tiny.json"))
+    convert(GOLDEN_PKL, str(folder / "tiny.keras"), num_heads=config.model.num_heads)
+    network = build_model(config)
+    load_detectron2_checkpoint(network, GOLDEN_PKL)
+    network.save_weights(str(folder / "tiny.weights.h5"))
+    return folder
+
+
+@pytest.mark.parametrize("task", ["instance", "panoptic", "semantic"])
+def test_real_tiny_model_from_every_kind_of_file(image_folder, tiny_model_files, tmp_path, task):
+    """.keras, detectron2 .pkl and .weights.h5 of the same weights write the same JSON for every image
+    (RGB JPEG, grayscale, RGBA, EXIF-rotated; none a multiple of 32), at the original size, readable
+    by pycocotools as results."""
+    folder = tiny_model_files
+    sizes = ["--set", "data.min_size_test=64", "data.max_size_test=128", f"inference.task={task}"]
+    if task == "panoptic":  # random weights are never 0.8 sure of a class: keep every query
+        sizes += ["inference.object_mask_threshold=0", "inference.overlap_threshold=0"]
+    runs = {
+        "keras": ["--model", str(folder / "tiny.keras"), *sizes],
+        "pkl": ["--weights", GOLDEN_PKL, "--config", str(folder / "tiny.json"), *sizes],
+        "h5": ["--weights", str(folder / "tiny.weights.h5"), "--config", str(folder / "tiny.json"), *sizes],
+    }
+    written = {}
+    for name, args in runs.items():
+        output = tmp_path / name
+        with contextlib.redirect_stdout(io.StringIO()):
+            test_program.main([*args, "--images", str(image_folder), "--output", str(output),
+                               "--score-threshold", "0", "--batch-size", "2"])  # fmt: skip
+        written[name] = {p.name: json.loads(p.read_text()) for p in sorted(output.glob("*.json"))}
+        assert len(list(output.glob("*.png"))) == 4
+    assert written["keras"] == written["pkl"] == written["h5"]
+    images, results = [], []
+    for image_id, (file_name, record) in enumerate(written["pkl"].items(), start=1):
+        height, width = read_image(str(image_folder / record["file_name"])).shape[:2]
+        assert (record["height"], record["width"]) == (height, width), file_name
+        images.append({"id": image_id, "height": height, "width": width})
+        for entry in record["instances"]:
+            mask = mask_utils.decode(entry["segmentation"] | {"counts": entry["segmentation"]["counts"].encode()})
+            assert mask.shape == (height, width) and mask.sum() == entry["area"]
+            results.append({**entry, "image_id": image_id, "score": entry.get("score", 1.0)})
+    assert results, "the tiny model predicted nothing at all"
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = {"images": images, "annotations": [], "categories": [{"id": k} for k in range(5)]}
+        coco.createIndex()
+        loaded = coco.loadRes(results)
+    assert len(loaded.anns) == len(results)
+
+
+def test_model_file_errors_are_one_line(image_folder, tiny_model_files, tmp_path):
+    folder, images = tiny_model_files, ["--images", str(image_folder)]
+    with pytest.raises(SystemExit, match=r"missing\.keras does not exist"):
+        test_program.main(["--model", str(tmp_path / "missing.keras"), *images])
+    with pytest.raises(SystemExit, match=r"tiny\.weights\.h5 is not a saved \.keras model; pass it with --weights"):
+        test_program.main(["--model", str(folder / "tiny.weights.h5"), *images])
+    with pytest.raises(SystemExit, match=r"predict 5 classes but model\.num_classes is 80; pass --set model\.num"):
+        test_program.main(["--weights", str(folder / "tiny.weights.h5"), *images])
+    with pytest.raises(SystemExit, match=r"has num_classes=5, .* but the config says 80, .*--set model\.num_classes=5"):
+        test_program.main(["--weights", GOLDEN_PKL, *images])
+    (tmp_path / "fake.pkl").write_bytes(b"not a pickle")
+    with pytest.raises(SystemExit, match=r"fake\.pkl is not a readable detectron2 pickle"):
+        test_program.main(["--weights", str(tmp_path / "fake.pkl"), *images])
+    (tmp_path / "fake.weights.h5").write_bytes(b"not hdf5")
+    with pytest.raises(SystemExit, match=r"fake\.weights\.h5 is not a readable Keras weights file"):
+        test_program.main(["--weights", str(tmp_path / "fake.weights.h5"), *images])

@@ -1,0 +1,158 @@
+"""The model for inference and evaluation: a saved `.keras` model, or the configured model plus weights.
+
+    network = load_model(config, model_path="mask2former_r50_coco.keras")   # architecture from the file
+    network = load_model(config, weights_path="model_final_3c8ec9.pkl")       # official detectron2 checkpoint
+    network = load_model(config, weights_path="runs/m/ckpt.weights.h5")       # Keras weights of this model
+
+A `.keras` file describes its own architecture: `config.model` is updated to it (so that the class
+count checks against `categories.json` use the model's). Weights must fit the configured model; a
+checkpoint of another architecture (e.g. 133 classes against the 80 of `--preset coco_instance`) is
+refused with one sentence naming the fields and the flags that fix it, before anything is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from config import ModelConfig
+
+WEIGHT_SUFFIXES = (".pkl", ".weights.h5", ".keras")
+
+
+class ModelLoadError(ValueError):
+    """The model or weights file is missing, of an unknown kind, or does not fit the configuration."""
+
+
+def load_model(config, model_path: str | None = None, weights_path: str | None = None):
+    """A ready Keras `Mask2Former` from exactly one of `model_path` (.keras) and `weights_path`."""
+    if (model_path is None) == (weights_path is None):
+        raise ModelLoadError("give exactly one of a .keras model file (--model) and a weights file (--weights)")
+    path = model_path or weights_path
+    if not os.path.isfile(path):
+        raise ModelLoadError(
+            f"{path} does not exist; check the path (converted models come from "
+            "tools/convert_detectron2_checkpoint.py, official weights from the model zoo)"
+        )
+    if model_path is not None:
+        return _load_keras_model(model_path, config)
+    return _load_weights(weights_path, config)
+
+
+def _load_keras_model(path: str, config):
+    import keras
+
+    import model as model_package  # registers the layers with Keras
+
+    if not path.endswith(".keras"):
+        hint = "pass it with --weights" if path.endswith(WEIGHT_SUFFIXES) else "convert it to .keras first"
+        raise ModelLoadError(f"{path} is not a saved .keras model; {hint}")
+    try:
+        network = keras.saving.load_model(path)
+    except Exception as e:  # noqa: BLE001 - Keras raises many kinds for a damaged or foreign file
+        raise ModelLoadError(
+            f"{path} cannot be loaded as a Keras model ({type(e).__name__}: {_first_line(e)}); "
+            "convert the checkpoint again"
+        ) from None
+    if not isinstance(network, model_package.Mask2Former):
+        raise ModelLoadError(f"{path} holds a {type(network).__name__}, not a Mask2Former model")
+    saved = network.get_config()
+    for field in dataclasses.fields(ModelConfig):
+        if field.name in saved:
+            config.set(f"model.{field.name}", saved[field.name])
+    config.validate()
+    return network
+
+
+def _load_weights(path: str, config):
+    from model import build_model
+
+    if path.endswith(".pkl"):
+        state = _read_detectron2(path)
+        _check_architecture(path, state, config)
+        network = build_model(config)
+        from model.checkpoint import CheckpointError, load_detectron2_state
+
+        try:
+            load_detectron2_state(network, state)
+        except CheckpointError as e:
+            problems = [line for line in str(e).splitlines() if line.startswith(("missing", "wrong shape"))]
+            raise ModelLoadError(f"{path} does not fit the configured model: {(problems or [str(e)])[0]}") from None
+        return network
+    if not path.endswith((".weights.h5", ".keras")):
+        raise ModelLoadError(
+            f"{path} is neither a detectron2 .pkl nor a Keras .weights.h5 / .keras file; pass one of those"
+        )
+    if path.endswith(".weights.h5"):
+        _check_keras_class_count(path, config)
+    network = build_model(config)
+    try:
+        network.load_weights(path)
+    except Exception as e:  # noqa: BLE001 - h5py and Keras raise OSError, ValueError, KeyError...
+        raise ModelLoadError(
+            f"{path} cannot be loaded into the configured model ({type(e).__name__}: "
+            f"{_first_line(e)}); use the config it was trained with (--config)"
+        ) from None
+    return network
+
+
+def _read_detectron2(path: str) -> dict:
+    from model.checkpoint import CheckpointError, read_detectron2_checkpoint
+
+    try:
+        return read_detectron2_checkpoint(path)
+    except CheckpointError as e:
+        raise ModelLoadError(_first_line(e)) from None
+
+
+def _check_architecture(path: str, state: dict, config) -> None:
+    """Refuses a detectron2 checkpoint whose shapes name other sizes than `config.model`, listing the fixes."""
+    from model.checkpoint import CheckpointError, infer_model_config
+
+    try:
+        found = infer_model_config(state, num_heads=config.model.num_heads)
+    except CheckpointError as e:
+        raise ModelLoadError(f"{path}: {_first_line(e)}") from None
+    # deformable_points is read from sampling_offsets assuming config.model.num_heads; compare their product
+    found_points = found.pop("deformable_points") * config.model.num_heads
+    differ = {k: v for k, v in found.items() if getattr(config.model, k) != v}
+    have = [f"{k}={_as_flag(v)}" for k, v in differ.items()]
+    want = [_as_flag(getattr(config.model, k)) for k in differ]
+    fix = " ".join(f"model.{k}={_as_flag(v)}" for k, v in differ.items())
+    if found_points != config.model.num_heads * config.model.deformable_points:
+        have.append(f"num_heads x deformable_points={found_points}")
+        want.append(str(config.model.num_heads * config.model.deformable_points))
+        fix += " and model.num_heads / model.deformable_points to match"
+    if have:
+        hint = " (or --preset coco_panoptic)" if differ.get("num_classes") == 133 else ""
+        raise ModelLoadError(
+            f"checkpoint {path} has {', '.join(have)} but the config says {', '.join(want)}; "
+            f"pass --set {fix.strip()}{hint}"
+        )
+
+
+def _check_keras_class_count(path: str, config) -> None:
+    """Reads the class head's bias shape from a Keras weights file; refuses a different class count."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            shapes = []
+            f.visititems(lambda name, item: shapes.append(item.shape) if name.endswith("class_embed/vars/1") else None)
+    except OSError as e:
+        raise ModelLoadError(f"{path} is not a readable Keras weights file ({_first_line(e)})") from None
+    if shapes and shapes[0][0] - 1 != config.model.num_classes:
+        raise ModelLoadError(
+            f"weights {path} predict {shapes[0][0] - 1} classes but model.num_classes is "
+            f"{config.model.num_classes}; pass --set model.num_classes={shapes[0][0] - 1} "
+            "or the config the model was trained with"
+        )
+
+
+def _as_flag(value) -> str:
+    return "[" + ",".join(map(str, value)) + "]" if isinstance(value, tuple | list) else str(value)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error.args[0]) if error.args else str(error)
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__

@@ -1,0 +1,278 @@
+"""test_map.py with a model: a tiny synthetic validation set as COCO JSON and as TFRecords.
+
+A stub model that replays the ground truth as logits (at padded / 4 resolution, the model contract)
+must score AP 1, PQ 1 and mIoU 1 through the same code path as a real model (the command line with
+the model loader replaced); the real tiny model runs through every path and writes sane metrics.
+"""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+import evaluation.loading
+import test_map
+from data.categories import Categories
+from data.coco_conversion import ConversionOptions, convert
+from evaluation.model_evaluation import coco_json_eval_set, evaluate_model, tfrecord_eval_set
+from evaluation.panoptic_quality import id_to_rgb
+from tests.helpers import tiny_config
+
+CATEGORIES = [
+    {"id": 1, "name": "person", "isthing": 1},
+    {"id": 3, "name": "car", "isthing": 1},
+    {"id": 5, "name": "dog", "isthing": 1},
+    {"id": 7, "name": "sky", "isthing": 0},
+    {"id": 9, "name": "grass", "isthing": 0},
+]
+IMAGE_SIZES = [(64, 80), (76, 64), (64, 100)]  # multiples of 4, not of 32: padding is cropped
+GOLDEN_PKL = "tests/golden/tiny_detectron2.pkl"
+
+
+def scene(index, height, width):
+    """(H, W) segment ids on a 4-pixel grid (0 = void) and segments_info: stuff bands, things, a crowd."""
+    ids = np.zeros((height, width), np.int32)
+    shift = 4 * index
+    boxes = [
+        (7, 0, 0, 16, width, 0),  # category, y0, x0, y1, x1, iscrowd
+        (9, height - 12, 0, height, width, 0),
+        (1, 20, 8 + shift, 40, 28 + shift, 0),
+        (3, 20, 32 + shift, 36, 52 + shift, 0),
+        (5, 40, 36, 52, 48, 0),
+        (1, 40, 8, 48, 24, 1),
+    ]
+    segments = []
+    for n, (category, y0, x0, y1, x1, crowd) in enumerate(boxes[: 5 + (index != 1)]):
+        ids[y0:y1, x0:x1] = 100 + n
+        segments.append({"id": 100 + n, "category_id": category, "iscrowd": crowd})
+    for segment in segments:
+        segment["area"] = int((ids == segment["id"]).sum())
+        ys, xs = np.nonzero(ids == segment["id"])
+        segment["bbox"] = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+    return ids, segments
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Images (PNG, top-left pixel unique per image), instances JSON, panoptic JSON + PNGs, label PNGs."""
+    root = tmp_path_factory.mktemp("synthetic")
+    for folder in ("images", "panoptic", "labels"):
+        (root / folder).mkdir()
+    rng = np.random.default_rng(0)
+    images, instances, panoptic, scenes = [], [], [], {}
+    for index, (height, width) in enumerate(IMAGE_SIZES):
+        image_id, name = 11 + index, f"im{index}"
+        image = rng.integers(0, 255, (height, width, 3), np.uint8)
+        image[0, 0] = (40 * index + 5, 0, 0)
+        Image.fromarray(image).save(root / "images" / f"{name}.png")
+        ids, segments = scene(index, height, width)
+        scenes[40 * index + 5] = (ids, segments)
+        cv2.imwrite(str(root / "panoptic" / f"{name}.png"), id_to_rgb(ids)[..., ::-1])
+        labels = np.zeros((height, width), np.uint8)
+        for s in segments:
+            labels[ids == s["id"]] = s["category_id"]
+        Image.fromarray(labels).save(root / "labels" / f"{name}.png")
+        images.append({"id": image_id, "file_name": f"{name}.png", "height": height, "width": width})
+        panoptic.append({"image_id": image_id, "file_name": f"{name}.png", "segments_info": segments})
+        for s in segments:
+            if CATEGORIES[[c["id"] for c in CATEGORIES].index(s["category_id"])]["isthing"]:
+                rle = mask_utils.encode(np.asfortranarray((ids == s["id"]).astype(np.uint8)))
+                rle["counts"] = rle["counts"].decode()
+                instances.append(
+                    {"id": len(instances) + 1, "image_id": image_id, "category_id": s["category_id"],
+                     "segmentation": rle, "area": s["area"], "bbox": s["bbox"], "iscrowd": s["iscrowd"]}
+                )  # fmt: skip
+    (root / "instances.json").write_text(
+        json.dumps({"images": images, "annotations": instances, "categories": CATEGORIES})
+    )
+    (root / "panoptic.json").write_text(
+        json.dumps({"images": images, "annotations": panoptic, "categories": CATEGORIES})
+    )
+    (root / "categories.json").write_text(json.dumps({"categories": CATEGORIES}))
+    for prefix, extra in (
+        ("both/val", {"object_annotations_file": str(root / "instances.json"),
+                      "panoptic_annotations_file": str(root / "panoptic.json"),
+                      "panoptic_masks_dir": str(root / "panoptic")}),
+        ("semantic/val", {"semantic_masks_dir": str(root / "labels"),
+                          "categories_file": str(root / "categories.json")}),
+    ):  # fmt: skip
+        options = ConversionOptions(
+            image_dir=str(root / "images"), output_file_prefix=str(root / prefix), num_shards=1, num_workers=1,
+            progress=False, **extra,
+        )  # fmt: skip
+        stats = convert(options, log=lambda line: None)
+        assert stats.images_written == len(IMAGE_SIZES) and not stats.problems
+    return root, scenes
+
+
+def small_config(task):
+    config = tiny_config()
+    config.data.min_size_test, config.data.max_size_test = 64, 128  # no resize: the stub's masks stay exact
+    config.inference.task = task
+    return config.validate()
+
+
+class GroundTruthReplay:
+    """Model contract stub: for the image whose top-left red value names a scene, one confident query per
+    ground-truth segment (crowd included), mask logits at padded / 4 resolution: +16 on the segment's
+    4 x 4 cells, -10 elsewhere. Upsampled x4 bilinearly (half-pixel centres) and cut at 0 this gives the
+    4-pixel-aligned segment exactly, corners included: an inside corner pixel is 0.39 P - 0.61 N > 0 and
+    the first outside pixel 0.375 P - 0.625 N < 0, so P / N must lie in (1.56, 1.67)."""
+
+    def __init__(self, scenes, num_queries=8):
+        self.scenes = scenes
+        self.num_queries = num_queries
+        self.category_ids = [c["id"] for c in CATEGORIES]
+
+    def __call__(self, images, training=False):
+        batch, height, width, _ = images.shape
+        padded_h, padded_w = -(-height // 32) * 32, -(-width // 32) * 32
+        num_classes = len(CATEGORIES)
+        logits = np.full((batch, self.num_queries, num_classes + 1), -10.0, np.float32)
+        logits[:, :, num_classes] = 10.0  # no object
+        masks = np.full((batch, self.num_queries, padded_h // 4, padded_w // 4), -10.0, np.float32)
+        for b in range(batch):
+            ids, segments = self.scenes[int(images[b, 0, 0, 0])]
+            padded = np.zeros((padded_h, padded_w), np.int32)
+            padded[: ids.shape[0], : ids.shape[1]] = ids
+            for q, segment in enumerate(segments):
+                logits[b, q, num_classes] = -10.0
+                logits[b, q, self.category_ids.index(segment["category_id"])] = 10.0
+                masks[b, q] = np.where(padded[2::4, 2::4] == segment["id"], 16.0, -10.0)
+        return {"pred_logits": logits, "pred_masks": masks}
+
+
+def eval_sets(root, config, task):
+    """The same validation set as COCO JSON and as TFRecords."""
+    gt = root / ("instances.json" if task == "instance" else "panoptic.json")
+    sets = {"coco_json": coco_json_eval_set(config, str(gt), str(root / "images"), task, str(root / "panoptic"))}
+    sets["tfrecords"] = tfrecord_eval_set(config, str(root / "both" / "val-*.tfrecord"), task)
+    if task == "semantic":
+        sets["label_png_records"] = tfrecord_eval_set(config, str(root / "semantic" / "val-*.tfrecord"), task)
+    return sets
+
+
+@pytest.mark.parametrize(
+    "task, check",
+    [
+        ("instance", lambda m: (m["segm"]["AP"], m["bbox"]["AP"], m["segm"]["AR100"])),
+        ("panoptic", lambda m: (m["All"]["pq"], m["Things"]["pq"], m["Stuff"]["pq"])),
+        ("semantic", lambda m: (m["mIoU"], m["pACC"])),
+    ],
+)
+def test_ground_truth_replayed_as_logits_scores_perfectly(dataset, task, check):
+    root, scenes = dataset
+    config = small_config(task)
+    for name, eval_set in eval_sets(root, config, task).items():
+        metrics = evaluate_model(GroundTruthReplay(scenes), eval_set, config, task, batch_size=2)
+        assert all(value == pytest.approx(1.0, abs=1e-12) for value in check(metrics)), (name, metrics)
+        if task == "panoptic":
+            assert metrics["All"]["n"] == 5 and metrics["Things"]["n"] == 3
+        if task == "semantic":
+            assert sum(r["IoU"] == 1.0 for r in metrics["per_class"].values()) == 5
+
+
+def test_a_wrong_prediction_lowers_every_metric(dataset):
+    """The perfect scores above can fail: moving one ground-truth box off its place costs AP, PQ and mIoU."""
+    root, scenes = dataset
+    shifted = {key: (np.roll(ids, 8, axis=1), segments) for key, (ids, segments) in scenes.items()}
+    for task, value in (
+        ("instance", lambda m: m["segm"]["AP"]),
+        ("panoptic", lambda m: m["All"]["pq"]),
+        ("semantic", lambda m: m["mIoU"]),
+    ):
+        config = small_config(task)
+        eval_set = eval_sets(root, config, task)["tfrecords"]
+        assert value(evaluate_model(GroundTruthReplay(shifted), eval_set, config, task)) < 0.9, task
+
+
+@pytest.mark.parametrize("source", ["coco_json", "tfrecords"])
+def test_command_line_with_the_replay_stub_writes_perfect_metrics(dataset, tmp_path, monkeypatch, source):
+    """The whole test_map.py model path (config, set, loop, table, metrics.json) with the loader replaced."""
+    root, scenes = dataset
+    monkeypatch.setattr(evaluation.loading, "load_model", lambda config, *paths: GroundTruthReplay(scenes))
+    config_file = tmp_path / "tiny.json"
+    small_config("panoptic").save(str(config_file))
+    data = ["--gt", str(root / "panoptic.json"), "--images", str(root / "images")]
+    if source == "tfrecords":
+        data = ["--tfrecords", str(root / "both" / "val-*.tfrecord")]
+    output = tmp_path / "metrics.json"
+    test_map.main(["--weights", "any.pkl", "--config", str(config_file), *data, "--output", str(output)])
+    written = json.loads(output.read_text())
+    assert set(written) == {"All", "Things", "Stuff", "per_class"} and written["All"]["pq"] == pytest.approx(1.0)
+    assert set(written["per_class"]) == {str(c["id"]) for c in CATEGORIES}
+
+
+@pytest.mark.parametrize("task", ["instance", "panoptic", "semantic"])
+def test_real_tiny_model_runs_through_every_path(dataset, tmp_path, task, capsys):
+    root, _ = dataset
+    config_file = tmp_path / "tiny.json"
+    small_config(task).save(str(config_file))
+    gt = "instances.json" if task == "instance" else "panoptic.json"
+    for source in (
+        ["--gt", str(root / gt), "--images", str(root / "images")],
+        ["--tfrecords", str(root / "both" / "val-*.tfrecord")],
+    ):
+        output = tmp_path / "metrics.json"
+        test_map.main(["--weights", GOLDEN_PKL, "--config", str(config_file), *source, "--output", str(output)])
+        metrics = json.loads(output.read_text())
+        if task == "instance":
+            # COCOeval reports -1 for an area range without ground truth (no medium or large objects here)
+            assert set(metrics) == {"segm", "bbox"} and all(v == -1 or 0 <= v <= 1 for v in metrics["segm"].values())
+        elif task == "panoptic":
+            assert 0 <= metrics["All"]["pq"] <= 1
+        else:
+            assert 0 <= metrics["mIoU"] <= 1 and set(metrics["per_class"]) == {c["name"] for c in CATEGORIES}
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_converted_keras_model_evaluates(dataset, tmp_path):
+    from tools.convert_detectron2_checkpoint import convert as convert_checkpoint
+
+    root, _ = dataset
+    model_file = tmp_path / "tiny.keras"
+    convert_checkpoint(GOLDEN_PKL, str(model_file), num_heads=4)
+    output = tmp_path / "metrics.json"
+    test_map.main(
+        ["--model", str(model_file), "--set", "data.min_size_test=64", "data.max_size_test=128",
+         "--tfrecords", str(root / "both" / "val-*.tfrecord"), "--output", str(output)]
+    )  # fmt: skip
+    assert set(json.loads(output.read_text())) == {"segm", "bbox"}
+
+
+def test_bad_model_inputs_give_one_line_errors(dataset, tmp_path):
+    root, _ = dataset
+    data = ["--tfrecords", str(root / "both" / "val-*.tfrecord")]
+    with pytest.raises(SystemExit, match=r"nope\.pkl does not exist"):
+        test_map.main(["--weights", str(tmp_path / "nope.pkl"), *data])
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(SystemExit, match=r"notes\.txt is neither a detectron2 \.pkl nor a Keras"):
+        test_map.main(["--weights", str(tmp_path / "notes.txt"), *data])
+    with pytest.raises(SystemExit, match=r"notes\.txt is not a saved \.keras model"):
+        test_map.main(["--model", str(tmp_path / "notes.txt"), *data])
+    # the golden checkpoint has 5 classes and a tiny architecture; the default preset has 80 classes
+    with pytest.raises(SystemExit, match=r"tiny_detectron2\.pkl has num_classes=5, .* --set model\.num_classes=5"):
+        test_map.main(["--weights", GOLDEN_PKL, *data])
+    with pytest.raises(SystemExit, match="needs the image folder as --images"):
+        test_map.main(["--weights", GOLDEN_PKL, "--gt", str(root / "panoptic.json")])
+    config_file = tmp_path / "tiny.json"
+    small_config("instance").save(str(config_file))
+    with pytest.raises(SystemExit, match="panoptic JSON; instance AP needs the COCO instances JSON"):
+        test_map.main(["--weights", GOLDEN_PKL, "--config", str(config_file),
+                       "--gt", str(root / "panoptic.json"), "--images", str(root / "images")])  # fmt: skip
+    with pytest.raises(SystemExit, match="no TFRecord files match"):
+        test_map.main(["--weights", GOLDEN_PKL, "--config", str(config_file), "--tfrecords", str(tmp_path / "x-*")])
+
+
+def test_categories_of_the_records_must_match_the_model(dataset, tmp_path):
+    root, _ = dataset
+    config = small_config("instance")
+    config.model.num_classes = 4
+    with pytest.raises(ValueError, match="lists 5 categories but model.num_classes is 4"):
+        tfrecord_eval_set(config, str(root / "both" / "val-*.tfrecord"), "instance")
+    with pytest.raises(ValueError, match="lists 5 categories but the model predicts 4"):
+        coco_json_eval_set(config, str(root / "instances.json"), str(root / "images"), "instance")
+    assert Categories.load(str(root / "both" / "categories.json")).num_classes == 5
