@@ -210,7 +210,7 @@ class SetCriterion:
         costs = tf.concat(
             [
                 self.matcher.cost_matrix(p["pred_logits"], p["pred_masks"], labels, masks, pts.match, canvas)
-                for p, pts in zip(prediction_sets, points)
+                for p, pts in zip(prediction_sets, points, strict=True)
             ],
             axis=0,
         )
@@ -220,7 +220,7 @@ class SetCriterion:
         if num_masks is None:
             num_masks = self._replica_mean_clamped(tf.reduce_sum(tf.cast(valid, tf.float32)))
         losses = {}
-        for s, (prediction, pts, suffix) in enumerate(zip(prediction_sets, points, suffixes)):
+        for s, (prediction, pts, suffix) in enumerate(zip(prediction_sets, points, suffixes, strict=True)):
             losses[f"loss_ce{suffix}"] = self.class_loss(
                 prediction["pred_logits"], query_target[s], labels, class_weight_sum
             )

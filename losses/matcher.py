@@ -63,6 +63,7 @@ def linear_sum_assignment_scipy(cost: tf.Tensor, row_valid: tf.Tensor, col_valid
     Returns:
         (N, R) int32: the column assigned to each row, -1 where none.
     """
+    cost = tf.where(tf.math.is_finite(cost), cost, NONFINITE_COST)
     row_to_col = tf.numpy_function(_scipy_assign, [cost, row_valid, col_valid], tf.int32, stateful=False)
     return tf.ensure_shape(row_to_col, cost.shape[:2])
 

@@ -87,8 +87,10 @@ def reference_losses(outputs, targets, points, monkeypatch, canvas=(32, 32)):
     monkeypatch.setattr(torch, "rand", fake_rand)
     height, width = targets["masks"].shape[2:]
     pad = [(0, 0), (0, canvas[0] - height), (0, canvas[1] - width)]
-    mask_labels = [torch.from_numpy(np.pad(m[v], pad).astype(np.float32)) for m, v in zip(targets["masks"], valid)]
-    class_labels = [torch.from_numpy(lab[v].astype(np.int64)) for lab, v in zip(targets["labels"], valid)]
+    mask_labels = [
+        torch.from_numpy(np.pad(m[v], pad).astype(np.float32)) for m, v in zip(targets["masks"], valid, strict=True)
+    ]
+    class_labels = [torch.from_numpy(lab[v].astype(np.int64)) for lab, v in zip(targets["labels"], valid, strict=True)]
     aux = [
         {
             "masks_queries_logits": torch.from_numpy(s["pred_masks"]),
@@ -126,3 +128,122 @@ def test_every_term_equals_transformers(monkeypatch, target_size):
     points = make_points(criterion, batch=2)
     ours = criterion(*to_tf(outputs, targets), points=[SetPoints(*map(tf.constant, p)) for p in points])
     assert_equal_to_reference(ours, reference_losses(outputs, targets, points, monkeypatch))
+
+
+def test_batch_of_0_1_and_7_instances_equals_transformers(monkeypatch):
+    """Normalised by the total number of masks in the batch (8), not per image."""
+    outputs, targets = make_problem([0, 1, 7], seed=3)
+    criterion = make_criterion("scipy")
+    points = make_points(criterion, batch=3, seed=4)
+    ours = criterion(*to_tf(outputs, targets), points=[SetPoints(*map(tf.constant, p)) for p in points])
+    assert_equal_to_reference(ours, reference_losses(outputs, targets, points, monkeypatch))
+
+
+def test_no_instances_at_all():
+    """Finite; no mask or dice loss; the class loss drives every query towards no-object."""
+    outputs, targets = to_tf(*make_problem([0, 0], seed=5))
+    criterion = make_criterion("tf")
+    logits = [outputs["pred_logits"]] + [a["pred_logits"] for a in outputs["aux_outputs"]]
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        losses = criterion(outputs, targets, seed=tf.constant([1, 2]))
+    assert all(np.isfinite(float(v)) for v in losses.values())
+    for suffix in [""] + [f"_{i}" for i in range(NUM_SETS - 1)]:
+        assert float(losses[f"loss_mask{suffix}"]) == 0.0 and float(losses[f"loss_dice{suffix}"]) == 0.0
+    no_object_nll = -tf.nn.log_softmax(outputs["pred_logits"])[..., NUM_CLASSES]
+    np.testing.assert_allclose(float(losses["loss_ce"]), float(tf.reduce_mean(no_object_nll)), rtol=1e-6)
+    for grad in tape.gradient(losses["loss_total"], logits):
+        grad = grad.numpy()
+        assert np.all(grad[..., NUM_CLASSES] < 0) and np.all(grad[..., :NUM_CLASSES] > 0)
+
+
+def test_zero_area_masks_give_no_nan():
+    outputs, targets = make_problem([2, 4], seed=6)
+    targets["masks"][:] = 0  # valid targets whose masks are empty
+    outputs, targets = to_tf(outputs, targets)
+    masks = [outputs["pred_masks"]] + [a["pred_masks"] for a in outputs["aux_outputs"]]
+    with tf.GradientTape() as tape:
+        tape.watch(masks)
+        losses = make_criterion("tf")(outputs, targets, seed=tf.constant([3, 4]))
+    assert all(np.isfinite(float(v)) for v in losses.values())
+    assert float(losses["loss_dice"]) > 0
+    assert all(np.all(np.isfinite(g.numpy())) for g in tape.gradient(losses["loss_total"], masks))
+
+
+def test_traces_once_and_compiles_with_xla():
+    """One trace for different instance counts; jit_compile=True with the TF matcher gives the eager values.
+
+    Two prediction sets keep the XLA compile short; points are passed because TF's stateless random
+    numbers differ between XLA and the regular kernels.
+    """
+    criterion = make_criterion("tf")
+    loss_fn = tf.function(lambda o, t, p: criterion(o, t, points=p))
+    xla_fn = tf.function(lambda o, t, p: criterion(o, t, points=p), jit_compile=True)
+    for counts in ([2, 5], [0, 8]):
+        outputs, targets = make_problem(counts, seed=sum(counts))
+        outputs["aux_outputs"] = outputs["aux_outputs"][:1]
+        outputs, targets = to_tf(outputs, targets)
+        points = [SetPoints(*map(tf.constant, p)) for p in make_points(criterion, batch=2)[:2]]
+        eager = criterion(outputs, targets, points=points)
+        for fn in (loss_fn, xla_fn):
+            compiled = fn(outputs, targets, points)
+            for key, value in eager.items():
+                np.testing.assert_allclose(float(compiled[key]), float(value), rtol=1e-5, err_msg=key)
+    assert loss_fn.experimental_get_tracing_count() == 1
+    assert xla_fn.experimental_get_tracing_count() == 1
+
+
+def test_backends_agree_and_seed_controls_draws():
+    outputs, targets = to_tf(*make_problem([3, 6], seed=9))
+    seed = tf.constant([5, 6])
+    by_tf = make_criterion("tf")(outputs, targets, seed=seed)
+    by_scipy = make_criterion("scipy")(outputs, targets, seed=seed)
+    for key in by_tf:
+        np.testing.assert_allclose(float(by_tf[key]), float(by_scipy[key]), rtol=1e-6, err_msg=key)
+    other = make_criterion("tf")(outputs, targets, seed=tf.constant([5, 7]))
+    assert float(other["loss_mask"]) != float(by_tf["loss_mask"])
+
+
+def test_micro_batches_with_global_normalizers_sum_to_the_full_batch():
+    """Gradient accumulation: losses and gradients of 2 micro-batches (1 + 2 images) add up to one batch."""
+    outputs, targets = make_problem([0, 3, 7], seed=10)
+    criterion = make_criterion("tf")
+    points = make_points(criterion, batch=3, seed=11)
+    step = criterion.local_normalizers(tf.constant(targets["valid"]), NUM_QUERIES)
+
+    def run(images):
+        part = lambda x: tf.constant(x[images])  # noqa: E731
+        o = {"pred_logits": part(outputs["pred_logits"]), "pred_masks": part(outputs["pred_masks"])}
+        o["aux_outputs"] = [{k: part(v) for k, v in a.items()} for a in outputs["aux_outputs"]]
+        t = {k: part(v) for k, v in targets.items()}
+        p = [SetPoints(*(part(x) for x in s)) for s in points]
+        variables = [o["pred_logits"], o["pred_masks"]]
+        with tf.GradientTape() as tape:
+            tape.watch(variables)
+            losses = criterion(o, t, points=p, num_masks=step["num_masks"], class_weight_sum=step["class_weight_sum"])
+        return losses, [g.numpy() for g in tape.gradient(losses["loss_total"], variables)]
+
+    full, full_grads = run(slice(0, 3))
+    first, first_grads = run(slice(0, 1))
+    second, second_grads = run(slice(1, 3))
+    for key in full:
+        np.testing.assert_allclose(float(first[key]) + float(second[key]), float(full[key]), rtol=1e-5, err_msg=key)
+    for g_full, g_first, g_second in zip(full_grads, first_grads, second_grads, strict=True):
+        np.testing.assert_allclose(np.concatenate([g_first, g_second]), g_full, rtol=1e-5, atol=1e-9)
+    # The defaults are the reference's per-batch normalisers.
+    default = criterion(*to_tf(outputs, targets), points=[SetPoints(*map(tf.constant, p)) for p in points])
+    np.testing.assert_allclose(float(default["loss_total"]), float(full["loss_total"]), rtol=1e-6)
+
+
+def test_build_criterion_reads_the_config():
+    config = Mask2FormerConfig()
+    config.model.num_classes = 7
+    config.loss.num_points = 99
+    config.loss.matcher = "tf"
+    config.loss.no_object_weight = 0.2
+    criterion = build_criterion(config)
+    assert criterion.num_classes == 7 and criterion.num_points == 99 and criterion.no_object_weight == 0.2
+    assert criterion.matcher.backend == "tf" and criterion.matcher.cost_dice == config.loss.dice_weight
+    with pytest.raises(ValueError, match="num_classes"):
+        outputs, targets = to_tf(*make_problem([1, 1]))
+        criterion(outputs, targets)
