@@ -283,4 +283,5 @@ def build_criterion(config) -> SetCriterion:
         num_points=loss.num_points,
         oversample_ratio=loss.oversample_ratio,
         importance_sample_ratio=loss.importance_sample_ratio,
+        random_points=loss.random_points,
     )

@@ -202,6 +202,37 @@ def test_backends_agree_and_seed_controls_draws():
         np.testing.assert_allclose(float(by_tf[key]), float(by_scipy[key]), rtol=1e-6, err_msg=key)
     other = make_criterion("tf")(outputs, targets, seed=tf.constant([5, 7]))
     assert float(other["loss_mask"]) != float(by_tf["loss_mask"])
+    from_rest = SetCriterion(NUM_CLASSES, HungarianMatcher(), num_points=NUM_POINTS, random_points="oversampled")
+    from_rest = from_rest(outputs, targets, seed=seed)
+    assert float(from_rest["loss_ce"]) == pytest.approx(float(by_tf["loss_ce"]), rel=1e-6)  # same matching
+    assert np.isfinite(float(from_rest["loss_total"])) and float(from_rest["loss_mask"]) != float(by_tf["loss_mask"])
+
+
+REPLICA_SCRIPT = """
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from losses.criterion import SetCriterion
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+counts = [0.0, 3.0]
+def per_replica():
+    context = tf.distribute.get_replica_context()
+    return SetCriterion._replica_mean_clamped(tf.constant(counts)[context.replica_id_in_sync_group])
+print("num_masks", [float(v) for v in strategy.experimental_local_results(strategy.run(per_replica))])
+"""
+
+
+def test_num_masks_is_averaged_over_replicas():
+    """Two replicas holding 0 and 3 masks both normalise by max(mean, 1) = 1.5, like the reference."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-c", REPLICA_SCRIPT], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert "num_masks [1.5, 1.5]" in result.stdout, result.stderr[-2000:]
 
 
 def test_micro_batches_with_global_normalizers_sum_to_the_full_batch():
@@ -241,8 +272,10 @@ def test_build_criterion_reads_the_config():
     config.loss.num_points = 99
     config.loss.matcher = "tf"
     config.loss.no_object_weight = 0.2
-    criterion = build_criterion(config)
+    config.loss.random_points = "oversampled"
+    criterion = build_criterion(config.validate())
     assert criterion.num_classes == 7 and criterion.num_points == 99 and criterion.no_object_weight == 0.2
+    assert criterion.random_points == "oversampled"
     assert criterion.matcher.backend == "tf" and criterion.matcher.cost_dice == config.loss.dice_weight
     with pytest.raises(ValueError, match="num_classes"):
         outputs, targets = to_tf(*make_problem([1, 1]))
