@@ -1,7 +1,7 @@
 """Loss + matching time per step for the two assignment back ends (scipy vs pure TF).
 
     python bench/bench_matcher.py            # 2 images, 100 queries x 50 targets x 10 prediction sets
-    python bench/bench_matcher.py --batch 4 --repeats 20
+    python bench/bench_matcher.py --batch 4 --loss-repeats 10
 
 Prints, for each back end and execution mode, the median time of (a) the assignment alone on the
 stacked (sets * batch, queries, targets) cost matrices and (b) the whole criterion forward pass
@@ -70,7 +70,8 @@ def main():
     parser.add_argument("--targets", type=int, default=50)
     parser.add_argument("--sets", type=int, default=10)
     parser.add_argument("--image", type=int, default=1024, help="training crop side; predicted masks are 1/4")
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=50, help="runs of the assignment alone")
+    parser.add_argument("--loss-repeats", type=int, default=3, help="runs of the whole criterion")
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
@@ -90,7 +91,7 @@ def main():
             (
                 f"{backend}{' + XLA' if jit else ''}",
                 median_seconds(lambda a=assign: a(costs, valid).numpy(), args.repeats),
-                median_seconds(lambda f=loss: f(outputs, targets, seed).numpy(), args.repeats),
+                median_seconds(lambda f=loss: f(outputs, targets, seed).numpy(), args.loss_repeats),
             )
         )
 
@@ -105,7 +106,7 @@ def main():
     )
     print(
         f"problem: {args.batch} images x {args.queries} queries x {args.targets} targets x {args.sets} sets, "
-        f"{args.image}px crops; medians of {args.repeats} runs"
+        f"{args.image}px crops; medians of {args.repeats} (assignment) and {args.loss_repeats} (loss) runs"
     )
     print(f"{'back end':<12} {'assignment ms':>14} {'ratio':>7} {'loss+matching ms':>17} {'ratio':>7}")
     base_assign, base_loss = rows[0][1], rows[0][2]

@@ -67,7 +67,11 @@ class SetCriterion:
     Call: `criterion(outputs, targets, *, seed=None, points=None, num_masks=None, class_weight_sum=None)`
         outputs: `pred_logits` (B, Q, K+1), `pred_masks` (B, Q, h, w), optional `aux_outputs` (list of
             dicts with the same keys). targets: `masks` (B, M, H, W) 0/1 (uint8 or float), `labels`
-            (B, M) int32, `valid` (B, M) bool. seed: (2,) int32 for the stateless draws (default: drawn).
+            (B, M) int32, `valid` (B, M) bool. seed: (2,) int32 for the stateless draws (default: drawn;
+            XLA and the regular kernels turn one seed into different numbers). points: list of `SetPoints`
+            (final set first) instead of drawing. num_masks, class_weight_sum: explicit normalisers of the
+            whole optimizer step for gradient accumulation (see the module docstring; num_masks is
+            clamped at 1 but not reduced over replicas).
         Returns a dict of float32 scalars (see the module docstring).
     """
 
@@ -193,8 +197,12 @@ class SetCriterion:
     def __call__(self, outputs, targets, *, seed=None, points=None, num_masks=None, class_weight_sum=None):
         prediction_sets = [outputs] + list(outputs.get("aux_outputs", []))
         suffixes = [""] + [f"_{i}" for i in range(len(prediction_sets) - 1)]
-        masks, labels, valid = targets["masks"], tf.cast(targets["labels"], tf.int32), targets["valid"]
-        batch_size, num_queries, mask_h, mask_w = outputs["pred_masks"].shape
+        masks, labels, valid = (
+            targets["masks"],
+            tf.cast(targets["labels"], tf.int32),
+            tf.cast(targets["valid"], tf.bool),
+        )
+        batch_size, num_queries = outputs["pred_masks"].shape[:2]
         num_slots = valid.shape[1]
         canvas = self._check_shapes(prediction_sets, masks, labels, valid)
 
@@ -219,6 +227,10 @@ class SetCriterion:
 
         if num_masks is None:
             num_masks = self._replica_mean_clamped(tf.reduce_sum(tf.cast(valid, tf.float32)))
+        else:
+            num_masks = tf.maximum(tf.cast(num_masks, tf.float32), 1.0)
+        if class_weight_sum is not None:
+            class_weight_sum = tf.cast(class_weight_sum, tf.float32)
         losses = {}
         for s, (prediction, pts, suffix) in enumerate(zip(prediction_sets, points, suffixes, strict=True)):
             losses[f"loss_ce{suffix}"] = self.class_loss(
