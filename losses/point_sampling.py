@@ -45,11 +45,32 @@ def _interpolate(values: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
     return ((values[..., 0] + values[..., 1]) + values[..., 2]) + values[..., 3]
 
 
+def _gather_pixels(maps: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+    """Reads maps (B, N, H, W) at flat indices (B, K) into N * H * W -> float32 (B, K).
+
+    uint8 / bool masks are read as 32-bit words (TF has no GPU gather for 8-bit types, and a float copy
+    of all target masks would cost 4x their memory), then the wanted byte is shifted out.
+    """
+    batch = maps.shape[0]
+    flat = tf.reshape(maps, [batch, -1])
+    if flat.shape[1] >= 2**31:
+        raise ValueError(f"{flat.shape[1]} mask pixels per image exceed int32 indexing; lower data.max_instances")
+    if maps.dtype not in (tf.uint8, tf.bool):
+        return tf.cast(tf.gather(flat, index, batch_dims=1), tf.float32)
+    flat = tf.cast(flat, tf.uint8)
+    flat = tf.pad(flat, [[0, 0], [0, -flat.shape[1] % 4]])
+    words = tf.bitcast(tf.reshape(flat, [batch, -1, 4]), tf.int32)  # (B, ceil(L / 4))
+    word = tf.gather(words, index // 4, batch_dims=1)
+    little_endian = tf.bitcast(tf.constant([1, 0, 0, 0], tf.uint8), tf.int32) == 1
+    byte = tf.where(little_endian, index % 4, 3 - index % 4)
+    return tf.cast(tf.bitwise.bitwise_and(tf.bitwise.right_shift(word, 8 * byte), 0xFF), tf.float32)
+
+
 def sample_shared_points(maps: tf.Tensor, coords: tf.Tensor, canvas: tuple[int, int] | None = None) -> tf.Tensor:
     """Samples every map of an image at the same points.
 
     Args:
-        maps: (B, N, H, W) any real dtype (uint8 masks are read without a float copy of the maps).
+        maps: (B, N, H, W) float, or uint8 / bool masks.
         coords: (B, P, 2) float32 (x, y) in [0, 1].
         canvas: optional (Hc, Wc) zero canvas the maps sit in (see `_corners`).
     Returns:
@@ -57,10 +78,9 @@ def sample_shared_points(maps: tf.Tensor, coords: tf.Tensor, canvas: tuple[int, 
     """
     batch, num_maps, height, width = maps.shape
     index, weights = _corners(coords, height, width, canvas)  # (B, P, 4)
-    flat = tf.reshape(maps, [batch, num_maps, height * width])
-    values = tf.gather(flat, tf.reshape(index, [batch, -1]), axis=2, batch_dims=1)  # (B, N, P*4)
-    values = tf.reshape(values, [batch, num_maps, -1, 4])
-    return _interpolate(values, weights[:, None])
+    index = index[:, None] + tf.range(num_maps)[None, :, None, None] * (height * width)  # (B, N, P, 4)
+    values = _gather_pixels(maps, tf.reshape(index, [batch, -1]))
+    return _interpolate(tf.reshape(values, tf.shape(index)), weights[:, None])
 
 
 def sample_points_per_row(
@@ -69,18 +89,17 @@ def sample_points_per_row(
     """Samples map `rows[b, r]` of image b at its own points `coords[b, r]`.
 
     Args:
-        maps: (B, N, H, W) any real dtype.
-        rows: (B, R) int32 indices into N (only maps that are read are touched: no gathered copies).
+        maps: (B, N, H, W) float, or uint8 / bool masks.
+        rows: (B, R) int32 indices into N (only the pixels read are touched: no gathered copies of maps).
         coords: (B, R, P, 2) float32 (x, y) in [0, 1].
         canvas: optional (Hc, Wc) zero canvas the maps sit in.
     Returns:
         (B, R, P) float32.
     """
-    batch, num_maps, height, width = maps.shape
+    batch, _, height, width = maps.shape
     index, weights = _corners(coords, height, width, canvas)  # (B, R, P, 4)
     index = index + rows[:, :, None, None] * (height * width)
-    flat = tf.reshape(maps, [batch, num_maps * height * width])
-    values = tf.gather(flat, tf.reshape(index, [batch, -1]), axis=1, batch_dims=1)
+    values = _gather_pixels(maps, tf.reshape(index, [batch, -1]))
     return _interpolate(tf.reshape(values, tf.shape(index)), weights)
 
 

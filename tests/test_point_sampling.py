@@ -36,12 +36,21 @@ def test_shared_and_per_row_sampling_equal_grid_sample():
     np.testing.assert_allclose(actual, expected, atol=1e-6)
 
 
-def test_canvas_equals_zero_padding_and_uint8_equals_float():
+@pytest.mark.parametrize("dtype", [np.uint8, bool], ids=["uint8", "bool"])
+def test_canvas_equals_zero_padding_and_masks_equal_float(dtype):
+    """Odd sizes (3 * 30 * 27 pixels is no multiple of 4) exercise the word-wise reading of 8-bit masks."""
     rng = np.random.default_rng(1)
-    masks = (rng.uniform(size=(2, 3, 30, 27)) > 0.5).astype(np.uint8)
+    masks = (rng.uniform(size=(2, 3, 30, 27)) > 0.5).astype(dtype)
     padded = np.pad(masks, [(0, 0), (0, 0), (0, 2), (0, 5)]).astype(np.float32)
     coords = random_coords(rng, (2, 200))
     on_canvas = sample_shared_points(tf.constant(masks), tf.constant(coords), canvas=(32, 32))
+    rows = tf.constant([[2, 0], [1, 1]], tf.int32)
+    per_row = tf.constant(random_coords(rng, (2, 2, 50)))
+    np.testing.assert_allclose(
+        sample_points_per_row(tf.constant(masks), rows, per_row),
+        sample_points_per_row(tf.constant(masks.astype(np.float32)), rows, per_row),
+        atol=1e-6,
+    )
     np.testing.assert_allclose(on_canvas, sample_shared_points(tf.constant(padded), tf.constant(coords)), atol=1e-6)
     expected = torch_point_sample(padded.reshape(6, 32, 32), np.repeat(coords, 3, axis=0)).reshape(2, 3, 200)
     np.testing.assert_allclose(on_canvas, expected, atol=1e-6)
