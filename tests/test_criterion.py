@@ -18,7 +18,7 @@ NUM_CLASSES, NUM_QUERIES, NUM_SLOTS, NUM_POINTS, MASK_SIZE = 5, 12, 8, 40, 8
 NUM_SETS = 10  # final + 9 auxiliary
 
 
-def make_problem(instances_per_image, target_size=(32, 32), seed=0):
+def make_problem(instances_per_image, target_size=(32, 32), seed=0, num_slots=NUM_SLOTS):
     """Random predictions (10 sets) and padded targets; valid slots scattered over the M slots."""
     rng = np.random.default_rng(seed)
     batch = len(instances_per_image)
@@ -30,12 +30,12 @@ def make_problem(instances_per_image, target_size=(32, 32), seed=0):
         for _ in range(NUM_SETS)
     ]
     height, width = target_size
-    masks = np.zeros((batch, NUM_SLOTS, height, width), np.uint8)
-    labels = np.full((batch, NUM_SLOTS), -1, np.int32)
-    valid = np.zeros((batch, NUM_SLOTS), bool)
+    masks = np.zeros((batch, num_slots, height, width), np.uint8)
+    labels = np.full((batch, num_slots), -1, np.int32)
+    valid = np.zeros((batch, num_slots), bool)
     yy, xx = np.mgrid[:height, :width]
     for b, count in enumerate(instances_per_image):
-        for slot in rng.permutation(NUM_SLOTS)[:count]:
+        for slot in rng.permutation(num_slots)[:count]:
             cy, cx, r = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(2, 12)
             masks[b, slot] = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
             labels[b, slot] = rng.integers(0, NUM_CLASSES)
@@ -44,8 +44,8 @@ def make_problem(instances_per_image, target_size=(32, 32), seed=0):
     return outputs, {"masks": masks, "labels": labels, "valid": valid}
 
 
-def make_points(criterion, batch, seed=1):
-    rows = min(NUM_QUERIES, NUM_SLOTS)
+def make_points(criterion, batch, seed=1, num_slots=NUM_SLOTS):
+    rows = min(NUM_QUERIES, num_slots)
     return [
         SetPoints(*(np.asarray(t) for t in p))
         for p in criterion.draw_points(tf.constant([seed, 0]), batch, rows, NUM_SETS)
@@ -135,6 +135,15 @@ def test_batch_of_0_1_and_7_instances_equals_transformers(monkeypatch):
     outputs, targets = make_problem([0, 1, 7], seed=3)
     criterion = make_criterion("scipy")
     points = make_points(criterion, batch=3, seed=4)
+    ours = criterion(*to_tf(outputs, targets), points=[SetPoints(*map(tf.constant, p)) for p in points])
+    assert_equal_to_reference(ours, reference_losses(outputs, targets, points, monkeypatch))
+
+
+def test_more_targets_than_queries_equals_transformers(monkeypatch):
+    """14 targets for 12 queries: only 12 are matched (the transposed assignment problem)."""
+    outputs, targets = make_problem([14, 3], seed=12, num_slots=16)
+    criterion = make_criterion("tf")
+    points = make_points(criterion, batch=2, seed=13, num_slots=16)
     ours = criterion(*to_tf(outputs, targets), points=[SetPoints(*map(tf.constant, p)) for p in points])
     assert_equal_to_reference(ours, reference_losses(outputs, targets, points, monkeypatch))
 
