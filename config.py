@@ -64,6 +64,7 @@ class LossConfig:
     oversample_ratio: float = 3.0
     importance_sample_ratio: float = 0.75
     matcher: str = "scipy"  # "scipy" (linear_sum_assignment) or "tf" (pure TF, XLA/TPU-ready)
+    random_points: str = "fresh"  # importance sampling's random share: "fresh" uniform (official) or "oversampled"
 
 
 @dataclass
@@ -188,6 +189,10 @@ class Mask2FormerConfig:
             (m.size_divisibility % 32 == 0, "model.size_divisibility must be a multiple of 32"),
             (all(s > 0 for s in m.pixel_std), "model.pixel_std must be positive"),
             (loss.matcher in ("scipy", "tf"), "loss.matcher must be 'scipy' or 'tf'"),
+            (
+                loss.random_points in ("fresh", "oversampled"),
+                "loss.random_points must be 'fresh' or 'oversampled'",
+            ),
             (0.0 <= loss.importance_sample_ratio <= 1.0, "loss.importance_sample_ratio must be in [0, 1]"),
             (loss.oversample_ratio >= 1.0, "loss.oversample_ratio must be >= 1"),
             (loss.num_points >= 1, "loss.num_points must be >= 1"),

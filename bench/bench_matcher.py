@@ -1,0 +1,121 @@
+"""Loss + matching time per step for the two assignment back ends (scipy vs pure TF).
+
+    python bench/bench_matcher.py            # 2 images, 100 queries x 50 targets x 10 prediction sets
+    python bench/bench_matcher.py --batch 4 --loss-repeats 10
+
+Prints, for each back end and execution mode, the median time of (a) the assignment alone on the
+stacked (sets * batch, queries, targets) cost matrices and (b) the whole criterion forward pass
+(costs on 12544 points, matching, importance-sampled losses for every set), the ratios to scipy,
+and the machine it ran on. Inputs are random tensors with the model's output shapes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from config import Mask2FormerConfig  # noqa: E402
+from losses import build_criterion  # noqa: E402
+
+
+def make_inputs(args, rng):
+    mask_size = args.image // 4
+    sets = [
+        {
+            "pred_logits": tf.constant(rng.normal(size=(args.batch, args.queries, 81)), tf.float32),
+            "pred_masks": tf.constant(
+                3 * rng.normal(size=(args.batch, args.queries, mask_size, mask_size)), tf.float32
+            ),
+        }
+        for _ in range(args.sets)
+    ]
+    yy, xx = np.mgrid[: args.image, : args.image]
+    masks = np.zeros((args.batch, args.targets, args.image, args.image), np.uint8)
+    for b in range(args.batch):
+        for m in range(args.targets):
+            cy, cx, r = rng.uniform(0, args.image, 2).tolist() + [rng.uniform(10, args.image / 4)]
+            masks[b, m] = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+    targets = {
+        "masks": tf.constant(masks),
+        "labels": tf.constant(rng.integers(0, 80, size=(args.batch, args.targets)), tf.int32),
+        "valid": tf.ones([args.batch, args.targets], tf.bool),
+    }
+    return dict(sets[0], aux_outputs=sets[1:]), targets
+
+
+def median_seconds(fn, repeats):
+    fn()  # trace / compile
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--targets", type=int, default=50)
+    parser.add_argument("--sets", type=int, default=10)
+    parser.add_argument("--image", type=int, default=1024, help="training crop side; predicted masks are 1/4")
+    parser.add_argument("--repeats", type=int, default=50, help="runs of the assignment alone")
+    parser.add_argument("--loss-repeats", type=int, default=3, help="runs of the whole criterion")
+    args = parser.parse_args()
+
+    rng = np.random.default_rng(0)
+    outputs, targets = make_inputs(args, rng)
+    seed = tf.constant([1, 2])
+    costs = tf.constant(rng.uniform(size=(args.sets * args.batch, args.queries, args.targets)), tf.float32)
+    valid = tf.ones([args.sets * args.batch, args.targets], tf.bool)
+
+    rows = []
+    for backend, jit in (("scipy", False), ("tf", False), ("tf", True)):
+        config = Mask2FormerConfig()
+        config.loss.matcher = backend
+        criterion = build_criterion(config)
+        assign = tf.function(criterion.matcher.assign, jit_compile=jit)
+        loss = tf.function(lambda o, t, s, c=criterion: c(o, t, seed=s)["loss_total"], jit_compile=jit)
+        rows.append(
+            (
+                f"{backend}{' + XLA' if jit else ''}",
+                median_seconds(lambda a=assign: a(costs, valid).numpy(), args.repeats),
+                median_seconds(lambda f=loss: f(outputs, targets, seed).numpy(), args.loss_repeats),
+            )
+        )
+
+    devices = [d.device_type for d in tf.config.list_physical_devices()]
+    gpu = [
+        tf.config.experimental.get_device_details(d).get("device_name", "GPU")
+        for d in tf.config.list_physical_devices("GPU")
+    ]
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"devices {devices}{' ' + str(gpu) if gpu else ''}; TF {tf.__version__}"
+    )
+    print(
+        f"problem: {args.batch} images x {args.queries} queries x {args.targets} targets x {args.sets} sets, "
+        f"{args.image}px crops; medians of {args.repeats} (assignment) and {args.loss_repeats} (loss) runs"
+    )
+    print(f"{'back end':<12} {'assignment ms':>14} {'ratio':>7} {'loss+matching ms':>17} {'ratio':>7}")
+    base_assign, base_loss = rows[0][1], rows[0][2]
+    for name, t_assign, t_loss in rows:
+        print(
+            f"{name:<12} {1e3 * t_assign:>14.2f} {t_assign / base_assign:>7.2f} {1e3 * t_loss:>17.1f} "
+            f"{t_loss / base_loss:>7.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""Mask2Former's set criterion: match, then weighted cross-entropy and point-sampled mask losses.
+
+Per prediction set (the final one and every auxiliary one, each matched on its own):
+  - `loss_ce`: cross-entropy over all queries, unmatched queries -> the no-object class K, class
+    weights [1, ..., 1, no_object_weight], weighted mean (divided by the sum of the targets' weights).
+  - `loss_mask`: for each matched pair, mean BCE-with-logits over its importance-sampled points;
+    summed over pairs / num_masks.
+  - `loss_dice`: for each matched pair, 1 - (2 sum(p t) + 1) / (sum p + sum t + 1); summed / num_masks.
+Keys: `loss_ce`, `loss_mask`, `loss_dice` for the final set, `loss_ce_{i}` ... for auxiliary set i
+(earliest first), and `loss_total` = sum over sets of class_weight * ce + mask_weight * mask +
+dice_weight * dice.
+
+Static shapes: targets are padded to M slots (`valid` says which are real), matched pairs are kept in
+R = min(Q, M) rows per image (ordered by query, as the reference orders them), so the loss traces once
+and runs under `tf.function(jit_compile=True)` with the "tf" matcher.
+
+Normalisers and gradient accumulation: by default `num_masks` is this batch's number of valid targets,
+averaged over replicas (all-reduced in the replica context), clamped at 1, and `class_weight_sum` is this
+batch's sum of target-class weights, exactly as the reference. To make k micro-batches give the gradient
+of one batch, pass both explicitly for the whole optimizer step (`local_normalizers` counts a micro-batch;
+sum them over the step's micro-batches, and all-reduce-average num_masks over replicas) and SUM the
+micro-batch losses: each term is then that micro-batch's share of the full-batch loss.
+
+Randomness: every point is drawn from `seed` with stateless ops, or passed in as `points`
+(one `SetPoints` per prediction set, final set first), e.g. to reproduce a reference run.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import tensorflow as tf
+
+from losses.matcher import HungarianMatcher
+from losses.point_sampling import importance_sample_points, sample_points_per_row
+
+
+class SetPoints(NamedTuple):
+    """The random points of one prediction set.
+
+    match: (B, P, 2) uniform points shared by all predictions and targets of an image (matching costs).
+    oversampled: (B, R, k*P, 2) uniform candidates for importance sampling, one row per matched pair.
+    random: (B, R, P - int(ratio*P), 2) uniform points ("fresh") or (B, R, k*P - int(ratio*P)) keys
+        ("oversampled"); see `importance_sample_points`.
+    """
+
+    match: tf.Tensor
+    oversampled: tf.Tensor
+    random: tf.Tensor
+
+
+class SetCriterion:
+    """Mask2Former's loss with the matcher injected.
+
+    Args:
+        num_classes: int, K (the no-object class is index K).
+        matcher: `HungarianMatcher`.
+        class_weight, mask_weight, dice_weight: float, weights of the terms in `loss_total`.
+        no_object_weight: float, cross-entropy weight of the no-object class.
+        num_points: int, P, points per mask (matching and losses).
+        oversample_ratio: float, k, candidates per point for importance sampling.
+        importance_sample_ratio: float, share of the P points taken by uncertainty.
+        random_points: "fresh" (official) or "oversampled"; where the remaining points come from.
+        mask_stride: int, input pixels per predicted mask pixel: target masks are read on a canvas of
+            (h * stride, w * stride), i.e. zero-padded like the padded input image.
+
+    Call: `criterion(outputs, targets, *, seed=None, points=None, num_masks=None, class_weight_sum=None)`
+        outputs: `pred_logits` (B, Q, K+1), `pred_masks` (B, Q, h, w), optional `aux_outputs` (list of
+            dicts with the same keys). targets: `masks` (B, M, H, W) 0/1 (uint8 or float), `labels`
+            (B, M) int32, `valid` (B, M) bool. seed: (2,) int32 for the stateless draws (default: drawn;
+            XLA and the regular kernels turn one seed into different numbers). points: list of `SetPoints`
+            (final set first) instead of drawing. num_masks, class_weight_sum: explicit normalisers of the
+            whole optimizer step for gradient accumulation (see the module docstring; num_masks is
+            clamped at 1 but not reduced over replicas).
+        Returns a dict of float32 scalars (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: HungarianMatcher,
+        *,
+        class_weight: float = 2.0,
+        mask_weight: float = 5.0,
+        dice_weight: float = 5.0,
+        no_object_weight: float = 0.1,
+        num_points: int = 12544,
+        oversample_ratio: float = 3.0,
+        importance_sample_ratio: float = 0.75,
+        random_points: str = "fresh",
+        mask_stride: int = 4,
+    ):
+        if random_points not in ("fresh", "oversampled"):
+            raise ValueError(f"random_points must be 'fresh' or 'oversampled', got {random_points!r}")
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.class_weight = class_weight
+        self.mask_weight = mask_weight
+        self.dice_weight = dice_weight
+        self.no_object_weight = no_object_weight
+        self.num_points = num_points
+        self.oversample_ratio = oversample_ratio
+        self.importance_sample_ratio = importance_sample_ratio
+        self.random_points = random_points
+        self.mask_stride = mask_stride
+        self.num_oversampled = int(num_points * oversample_ratio)
+        self.num_uncertain = int(importance_sample_ratio * num_points)
+
+    # ------------------------------------------------------------------------------- randomness
+    def draw_points(self, seed: tf.Tensor, batch_size: int, num_rows: int, num_sets: int) -> list[SetPoints]:
+        """Stateless uniform draws for `num_sets` prediction sets from one (2,) int32 seed."""
+        seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int32), num=3 * num_sets)
+        if self.random_points == "fresh":
+            random_shape = [batch_size, num_rows, self.num_points - self.num_uncertain, 2]
+        else:
+            random_shape = [batch_size, num_rows, self.num_oversampled - self.num_uncertain]
+        uniform = tf.random.stateless_uniform
+        return [
+            SetPoints(
+                match=uniform([batch_size, self.num_points, 2], seeds[3 * s]),
+                oversampled=uniform([batch_size, num_rows, self.num_oversampled, 2], seeds[3 * s + 1]),
+                random=uniform(random_shape, seeds[3 * s + 2]),
+            )
+            for s in range(num_sets)
+        ]
+
+    # ------------------------------------------------------------------------------ normalisers
+    def local_normalizers(self, valid: tf.Tensor, num_queries: int) -> dict[str, tf.Tensor]:
+        """This batch's unreduced normaliser counts (sum them over micro-batches for accumulation).
+
+        Args:
+            valid: (B, M) bool. num_queries: Q.
+        Returns:
+            `num_masks` (valid targets, not averaged over replicas nor clamped) and `class_weight_sum`
+            (sum over queries of the weight of their target class: matched pairs weigh 1, the rest
+            no_object_weight), both float32 scalars.
+        """
+        per_image = tf.reduce_sum(tf.cast(valid, tf.float32), axis=1)
+        matched = tf.reduce_sum(tf.minimum(per_image, float(num_queries)))
+        total = float(valid.shape[0] * num_queries)
+        return {
+            "num_masks": tf.reduce_sum(per_image),
+            "class_weight_sum": matched + self.no_object_weight * (total - matched),
+        }
+
+    @staticmethod
+    def _replica_mean_clamped(num_masks: tf.Tensor) -> tf.Tensor:
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            num_masks = context.all_reduce(tf.distribute.ReduceOp.SUM, num_masks) / context.num_replicas_in_sync
+        return tf.maximum(num_masks, 1.0)
+
+    # ------------------------------------------------------------------------------------ terms
+    def class_loss(self, pred_logits, query_target, labels, class_weight_sum=None):
+        """Weighted cross-entropy: (B, Q, K+1), (B, Q) matched slot or -1, (B, M) -> scalar."""
+        logits = tf.cast(pred_logits, tf.float32)
+        matched = query_target >= 0
+        target_class = tf.where(
+            matched, tf.gather(labels, tf.maximum(query_target, 0), batch_dims=1), self.num_classes
+        )  # (B, Q)
+        weight = tf.where(matched, 1.0, self.no_object_weight)
+        nll = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=target_class, logits=logits)
+        if class_weight_sum is None:
+            class_weight_sum = tf.reduce_sum(weight)
+        return tf.reduce_sum(weight * nll) / class_weight_sum
+
+    def mask_losses(self, pred_masks, query_target, masks, points: SetPoints, num_masks, canvas):
+        """Point-sampled BCE and dice over matched pairs, each summed / num_masks."""
+        pred_masks = tf.cast(pred_masks, tf.float32)
+        num_rows = points.oversampled.shape[1]
+        matched = query_target >= 0
+        # Matched queries first, in query order: (B, Q) -> (B, R).
+        query = tf.argsort(tf.cast(~matched, tf.int32), axis=1, stable=True)[:, :num_rows]
+        pair_valid = tf.gather(matched, query, batch_dims=1)
+        target = tf.maximum(tf.gather(query_target, query, batch_dims=1), 0)
+        coords = importance_sample_points(
+            pred_masks,
+            query,
+            points.oversampled,
+            points.random,
+            self.num_points,
+            self.num_uncertain,
+            self.random_points,
+        )  # (B, R, P, 2)
+        logits = sample_points_per_row(pred_masks, query, coords)  # (B, R, P)
+        labels = tf.stop_gradient(sample_points_per_row(masks, target, coords, canvas))
+        bce = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits), axis=-1)
+        prob = tf.sigmoid(logits)
+        dice = 1.0 - (2.0 * tf.reduce_sum(prob * labels, -1) + 1.0) / (
+            tf.reduce_sum(prob, -1) + tf.reduce_sum(labels, -1) + 1.0
+        )
+        loss_mask = tf.reduce_sum(tf.where(pair_valid, bce, 0.0)) / num_masks
+        loss_dice = tf.reduce_sum(tf.where(pair_valid, dice, 0.0)) / num_masks
+        return loss_mask, loss_dice
+
+    # ------------------------------------------------------------------------------------- call
+    def __call__(self, outputs, targets, *, seed=None, points=None, num_masks=None, class_weight_sum=None):
+        prediction_sets = [outputs] + list(outputs.get("aux_outputs", []))
+        suffixes = [""] + [f"_{i}" for i in range(len(prediction_sets) - 1)]
+        masks, labels, valid = (
+            targets["masks"],
+            tf.cast(targets["labels"], tf.int32),
+            tf.cast(targets["valid"], tf.bool),
+        )
+        batch_size, num_queries = outputs["pred_masks"].shape[:2]
+        num_slots = valid.shape[1]
+        canvas = self._check_shapes(prediction_sets, masks, labels, valid)
+
+        num_rows = min(num_queries, num_slots)
+        if points is None:
+            if seed is None:
+                seed = tf.random.uniform([2], 0, 2**31 - 1, dtype=tf.int32)
+            points = self.draw_points(seed, batch_size, num_rows, len(prediction_sets))
+        if len(points) != len(prediction_sets):
+            raise ValueError(f"points has {len(points)} entries for {len(prediction_sets)} prediction sets")
+
+        # Match every prediction set at once: (S * B, Q, M) costs -> (S, B, Q) matched slot or -1.
+        costs = tf.concat(
+            [
+                self.matcher.cost_matrix(p["pred_logits"], p["pred_masks"], labels, masks, pts.match, canvas)
+                for p, pts in zip(prediction_sets, points, strict=True)
+            ],
+            axis=0,
+        )
+        query_target = self.matcher.assign(costs, tf.tile(valid, [len(prediction_sets), 1]))
+        query_target = tf.reshape(query_target, [len(prediction_sets), batch_size, num_queries])
+
+        if num_masks is None:
+            num_masks = self._replica_mean_clamped(tf.reduce_sum(tf.cast(valid, tf.float32)))
+        else:
+            num_masks = tf.maximum(tf.cast(num_masks, tf.float32), 1.0)
+        if class_weight_sum is not None:
+            class_weight_sum = tf.cast(class_weight_sum, tf.float32)
+        losses = {}
+        for s, (prediction, pts, suffix) in enumerate(zip(prediction_sets, points, suffixes, strict=True)):
+            losses[f"loss_ce{suffix}"] = self.class_loss(
+                prediction["pred_logits"], query_target[s], labels, class_weight_sum
+            )
+            losses[f"loss_mask{suffix}"], losses[f"loss_dice{suffix}"] = self.mask_losses(
+                prediction["pred_masks"], query_target[s], masks, pts, num_masks, canvas
+            )
+        losses["loss_total"] = tf.add_n(
+            [
+                self.class_weight * losses[f"loss_ce{s}"]
+                + self.mask_weight * losses[f"loss_mask{s}"]
+                + self.dice_weight * losses[f"loss_dice{s}"]
+                for s in suffixes
+            ]
+        )
+        return losses
+
+    def _check_shapes(self, prediction_sets, masks, labels, valid) -> tuple[int, int] | None:
+        """Raises ValueError on inconsistent shapes; returns the canvas target masks are read in."""
+        batch_size, num_queries, mask_h, mask_w = prediction_sets[0]["pred_masks"].shape
+        for i, p in enumerate(prediction_sets):
+            name = "outputs" if i == 0 else f"outputs['aux_outputs'][{i - 1}]"
+            if tuple(p["pred_logits"].shape) != (batch_size, num_queries, self.num_classes + 1):
+                raise ValueError(
+                    f"{name}['pred_logits'] has shape {p['pred_logits'].shape}, expected "
+                    f"{(batch_size, num_queries, self.num_classes + 1)} (num_classes + 1 = no-object); "
+                    "check config.model.num_classes"
+                )
+            if tuple(p["pred_masks"].shape) != (batch_size, num_queries, mask_h, mask_w):
+                raise ValueError(f"{name}['pred_masks'] has shape {p['pred_masks'].shape}, expected all sets alike")
+        if masks.shape.rank != 4 or tuple(masks.shape[:2]) != tuple(valid.shape) or labels.shape != valid.shape:
+            raise ValueError(
+                f"targets must be masks (B, M, H, W), labels (B, M), valid (B, M); got {masks.shape}, "
+                f"{labels.shape}, {valid.shape}"
+            )
+        if masks.shape[0] != batch_size:
+            raise ValueError(f"targets have batch size {masks.shape[0]} but predictions {batch_size}")
+        canvas = (mask_h * self.mask_stride, mask_w * self.mask_stride)
+        height, width = masks.shape[2:]
+        if height > canvas[0] or width > canvas[1]:
+            raise ValueError(
+                f"target masks are {height}x{width} but the predicted masks cover only {canvas[0]}x{canvas[1]} "
+                f"input pixels (mask_stride {self.mask_stride}); give targets at the input image resolution"
+            )
+        return None if (height, width) == canvas else canvas
+
+
+def build_criterion(config) -> SetCriterion:
+    """The criterion of `config.loss` for `config.model.num_classes` classes."""
+    loss = config.loss
+    matcher = HungarianMatcher(
+        cost_class=loss.class_weight, cost_mask=loss.mask_weight, cost_dice=loss.dice_weight, backend=loss.matcher
+    )
+    return SetCriterion(
+        config.model.num_classes,
+        matcher,
+        class_weight=loss.class_weight,
+        mask_weight=loss.mask_weight,
+        dice_weight=loss.dice_weight,
+        no_object_weight=loss.no_object_weight,
+        num_points=loss.num_points,
+        oversample_ratio=loss.oversample_ratio,
+        importance_sample_ratio=loss.importance_sample_ratio,
+        random_points=loss.random_points,
+    )
