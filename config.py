@@ -229,6 +229,10 @@ class Mask2FormerConfig:
                 "train.distribution must be 'auto', 'default', 'mirrored', 'multi_worker' or 'tpu'",
             ),
             (
+                not (t.jit_compile and loss.matcher == "scipy"),
+                "train.jit_compile=true cannot compile loss.matcher='scipy' (numpy_function); set loss.matcher='tf'",
+            ),
+            (
                 not (t.distribution == "tpu" and loss.matcher == "scipy"),
                 "loss.matcher='scipy' cannot run on TPU (no numpy_function there); set loss.matcher='tf'",
             ),

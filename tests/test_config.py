@@ -28,6 +28,10 @@ def test_validate_names_the_field():
     with pytest.raises(ConfigError, match="train.batch_size"):
         c.validate()
     c = Mask2FormerConfig()
+    c.train.jit_compile = True
+    with pytest.raises(ConfigError, match="loss.matcher='tf'"):
+        c.validate()
+    c = Mask2FormerConfig()
     c.train.distribution = "tpu"
     with pytest.raises(ConfigError, match="loss.matcher='tf'"):
         c.validate()
