@@ -54,6 +54,7 @@ def test_command_line_overrides(tmp_path):
             "train.batch_size=8",
             "data.image_size=[512,512]",
             "train.jit_compile=true",
+            "loss.matcher=tf",
         ]
     )
     c = config_from_args(args)
