@@ -59,6 +59,7 @@ def build_dataset(
     input_context: tf.distribute.InputContext | None = None,
     with_extras: bool = False,
     file_pattern: str | None = None,
+    skip_examples: int = 0,
 ) -> tf.data.Dataset:
     """The input pipeline for `split` ("train" or "val").
 
@@ -68,6 +69,8 @@ def build_dataset(
     input_context: from `distribute_datasets_from_function`; shards the files per input pipeline.
     with_extras: adds inspection keys (see TrainParser); for test_dataset.py and tests.
     file_pattern: overrides data.train_files / data.val_files.
+    skip_examples: training only; leaves out the first that many examples of this pipeline before they
+        are decoded (resuming a run at its data position; each keeps its augmentation seed).
     """
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
@@ -113,7 +116,7 @@ def build_dataset(
             with_extras=with_extras,
         )
         # Sample i gets the seed (seed, i): the same augmentation whichever thread parses it.
-        dataset = dataset.enumerate().map(
+        dataset = dataset.enumerate().skip(skip_examples).map(
             lambda index, serialized: parser(decoder(serialized), tf.stack([tf.cast(seed, tf.int64), index])),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=deterministic,

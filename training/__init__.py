@@ -1,0 +1,1 @@
+"""Training: optimizer and parameter groups, schedules, distribution, the train step, checkpoints, reporting."""

@@ -1,0 +1,60 @@
+"""Checkpoints every N steps and at the end, and resuming from the latest one.
+
+A checkpoint holds the model, the optimizer (Adam moments, its update count, the loss scale) and the
+step counter; the learning rate and the data position are functions of the step, so restoring those
+three resumes the run exactly. `tf.train.CheckpointManager` writes each checkpoint's files first and
+its `checkpoint` index last (renamed into place), so a run killed mid-save resumes from the previous
+one. The resolved config is saved beside them as `config.json`.
+
+Under `MultiWorkerMirroredStrategy` every worker must take part in a save; only the chief writes to
+`output_dir`, the others to a scratch folder that is deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import tensorflow as tf
+
+CHECKPOINT_SUBDIR = "checkpoints"
+CONFIG_FILE = "config.json"
+
+
+def latest_checkpoint(output_dir: str) -> str | None:
+    """The newest checkpoint written in `output_dir`, or None."""
+    return tf.train.latest_checkpoint(os.path.join(output_dir, CHECKPOINT_SUBDIR))
+
+
+class TrainingCheckpoints:
+    """Saves and restores `model`, `optimizer` and `step` under `output_dir/checkpoints`.
+
+    Args:
+        output_dir: str, the run's folder. chief: bool, whether this worker owns `output_dir`.
+        model, optimizer: Keras objects. step: int64 `tf.Variable`. keep: int, checkpoints kept.
+        worker_id: int, names the scratch folder of a non-chief worker.
+    """
+
+    def __init__(self, output_dir: str, *, model, optimizer, step, keep: int, chief: bool = True, worker_id: int = 0):
+        self.chief = chief
+        self.directory = os.path.join(output_dir, CHECKPOINT_SUBDIR)
+        self.write_directory = self.directory if chief else os.path.join(output_dir, f".worker_{worker_id}_scratch")
+        self.step = step
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, self.write_directory, max_to_keep=keep, step_counter=step
+        )
+
+    def restore_latest(self) -> str | None:
+        """Restores the newest checkpoint of `output_dir` (every worker reads the chief's); its path or None."""
+        path = tf.train.latest_checkpoint(self.directory)
+        if path is not None:
+            self.checkpoint.restore(path).assert_existing_objects_matched()
+        return path
+
+    def save(self) -> str:
+        """Writes a checkpoint named after the step; returns its path (the chief's)."""
+        path = self.manager.save(checkpoint_number=self.step)
+        if not self.chief:
+            shutil.rmtree(self.write_directory, ignore_errors=True)
+        return path

@@ -1,0 +1,68 @@
+"""Initial weights: the ImageNet backbone (`train.backbone_weights`) or an official Mask2Former checkpoint
+to fine-tune from (`train.init_checkpoint`, possibly with another number of classes).
+
+    summary = initialize_weights(model, config.train)
+"""
+
+from __future__ import annotations
+
+import os
+
+from model.checkpoint import (
+    MODEL_ZOO,
+    CheckpointError,
+    download,
+    load_detectron2_state,
+    read_detectron2_checkpoint,
+)
+
+CLASS_HEAD = "sem_seg_head.predictor.class_embed"
+
+
+def resolve_weights(path_or_name: str) -> str:
+    """A local file, or a model-zoo name ("R-50", "R-50.pkl", "coco_instance_r50", ...) downloaded once."""
+    if os.path.isfile(path_or_name):
+        return path_or_name
+    name = os.path.basename(path_or_name)
+    name = name[: -len(".pkl")] if name.endswith(".pkl") else name
+    if name in MODEL_ZOO:
+        return download(name)  # a failed download raises CheckpointError naming the URL
+    raise CheckpointError(
+        f"{path_or_name} is neither a file nor a model-zoo name ({', '.join(MODEL_ZOO)}); check the path"
+    )
+
+
+def load_backbone(model, path_or_name: str) -> str:
+    """Loads the `backbone.*` tensors of a detectron2 checkpoint (e.g. ImageNet `R-50.pkl`); all must be there."""
+    path = resolve_weights(path_or_name)
+    state = {k: v for k, v in read_detectron2_checkpoint(path).items() if k.startswith("backbone.")}
+    report = load_detectron2_state(model, state, strict=False)
+    missing = [n for n in report.missing if n.startswith("backbone.")]
+    if missing or report.mismatched:
+        raise CheckpointError(f"{path} does not fit the backbone (nothing usable was loaded):\n{report}")
+    return f"backbone from {path}: {len(report.loaded)} tensors"
+
+
+def load_for_finetuning(model, path_or_name: str) -> str:
+    """Loads a full Mask2Former checkpoint; the class head is re-initialised if its class count differs."""
+    path = resolve_weights(path_or_name)
+    state = read_detectron2_checkpoint(path)
+    if f"{CLASS_HEAD}.weight" not in state:
+        raise CheckpointError(f"{path} has no {CLASS_HEAD}.weight; it is not a Mask2Former checkpoint")
+    checkpoint_classes = state[f"{CLASS_HEAD}.weight"].shape[0] - 1
+    skip = (CLASS_HEAD,) if checkpoint_classes != model.num_classes else ()
+    try:
+        report = load_detectron2_state(model, state, skip_prefixes=skip, strict=True)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    head = f"; class head re-initialised ({checkpoint_classes} -> {model.num_classes} classes)" if skip else ""
+    return f"fine-tuning from {path}: {len(report.loaded)} tensors{head}"
+
+
+def initialize_weights(model, train_config) -> str:
+    """Applies `train.init_checkpoint`, else `train.backbone_weights` (empty: random init); one-line summary."""
+    if train_config.init_checkpoint:
+        return load_for_finetuning(model, train_config.init_checkpoint)
+    if train_config.backbone_weights:
+        return load_backbone(model, train_config.backbone_weights)
+    return "random initialisation (train.backbone_weights and train.init_checkpoint are empty)"

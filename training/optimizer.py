@@ -1,0 +1,131 @@
+"""AdamW with Mask2Former's parameter groups, and the official full-model gradient clipping.
+
+Official recipe (Mask2Former `build_optimizer`, detectron2 `get_default_optimizer_params`):
+  - AdamW, lr 1e-4, weight decay 0.05 (decoupled: `p -= lr * wd * p` before the Adam update), betas
+    (0.9, 0.999), eps 1e-8;
+  - no weight decay on norm layers (LayerNorm, GroupNorm; the frozen BatchNorm is not trainable) and on
+    `nn.Embedding`s: the transformer decoder's `query_feat`, `query_embed` and `level_embed` (the pixel
+    decoder's `level_embed` is a plain parameter and does get weight decay; biases get it too);
+  - the backbone's learning rate (and so its decay step `lr * wd`) x `backbone_lr_multiplier` (0.1);
+  - one global-norm clip over all gradients at 0.01, `coef = min(1, max_norm / (norm + 1e-6))` as
+    `torch.nn.utils.clip_grad_norm_`.
+
+    optimizer = build_optimizer(config.train, model, learning_rate=lambda: schedule(step))
+    optimizer.apply(grads, model.trainable_variables)   # inside strategy.run, grads already all-reduced
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+NORM_LAYERS = (keras.layers.LayerNormalization, keras.layers.GroupNormalization, keras.layers.BatchNormalization)
+
+
+def _variable_ids(variables) -> set[int]:
+    return {id(v) for v in variables}
+
+
+def parameter_groups(model) -> dict[str, list]:
+    """Trainable variables of a `Mask2Former` sorted into the official groups.
+
+    Returns `no_weight_decay` (norm layers and the decoder's embeddings) and `backbone` (lr x multiplier),
+    lists of variables (a variable may be in both).
+    """
+    no_decay = []
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, NORM_LAYERS):
+            no_decay += layer.trainable_variables
+    decoder = model.transformer_decoder
+    no_decay += [decoder.query_feat, decoder.query_embed, decoder.level_embed]
+    trainable = _variable_ids(model.trainable_variables)
+    return {
+        "no_weight_decay": [v for v in no_decay if id(v) in trainable],
+        "backbone": list(model.backbone.trainable_variables),
+    }
+
+
+class GroupedAdamW(keras.optimizers.AdamW):
+    """`keras.optimizers.AdamW` with a learning-rate multiplier per variable, fed all-reduced gradients.
+
+    Args:
+        lr_multipliers: dict `id(variable) -> float` (others 1.0); scales both the Adam step and the
+            decoupled weight decay of that variable, as a torch parameter group with its own lr.
+        clip_norm: float or None; global-norm clipping of all gradients, torch's formula (applied after
+            a `LossScaleOptimizer` has unscaled them).
+        **kwargs: `keras.optimizers.AdamW` arguments.
+
+    Gradients given to `apply` must already be averaged over replicas (the train step does it once):
+    unlike the Keras default, `apply` does not all-reduce them again, so clipping sees the global norm.
+    """
+
+    def __init__(self, *, lr_multipliers=None, clip_norm=None, **kwargs):
+        super().__init__(**kwargs)
+        self.clip_norm = clip_norm
+        self._lr_multiplier_by_id = dict(lr_multipliers or {})
+        self._lr_multipliers = []
+
+    def build(self, variables):
+        super().build(variables)
+        self._lr_multipliers = [self._lr_multiplier_by_id.get(id(v), 1.0) for v in variables]
+
+    def _multiplier(self, variable) -> float:
+        return self._lr_multipliers[self._get_variable_index(variable)]
+
+    def update_step(self, gradient, variable, learning_rate):
+        multiplier = self._multiplier(variable)
+        if multiplier != 1.0:
+            learning_rate = learning_rate * multiplier
+        super().update_step(gradient, variable, learning_rate)
+
+    def _apply_weight_decay(self, variables):
+        if self.weight_decay is None:
+            return
+
+        def apply_decay(distribution, variables):
+            def decay(variable, multiplier):
+                lr = tf.cast(self.learning_rate, variable.dtype) * multiplier
+                variable.assign_sub(variable * tf.cast(self.weight_decay, variable.dtype) * lr)
+
+            for variable in variables:
+                if self._use_weight_decay(variable):
+                    multiplier = self._multiplier(variable)
+                    tf_variable = variable.value if isinstance(variable, keras.Variable) else variable
+                    distribution.extended.update(tf_variable, decay, args=(multiplier,), group=False)
+
+        tf.__internal__.distribute.interim.maybe_merge_call(apply_decay, self._distribution_strategy, variables)
+
+    def _clip_gradients(self, grads):
+        return grads if self.clip_norm is None else clip_by_global_norm(grads, self.clip_norm)[0]
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        return list(grads_and_vars)  # the train step has all-reduced them already
+
+
+def build_optimizer(train_config, model, learning_rate) -> keras.optimizers.Optimizer:
+    """The official AdamW for `model` (built on its trainable variables); `learning_rate` is a float or a
+    zero-argument callable (the schedule at the current step). Wrapped in a `LossScaleOptimizer` under
+    `mixed_float16`. Create it under the strategy's scope."""
+    t = train_config
+    groups = parameter_groups(model)
+    optimizer = GroupedAdamW(
+        learning_rate=learning_rate,
+        weight_decay=t.weight_decay,
+        beta_1=t.adam_beta1,
+        beta_2=t.adam_beta2,
+        epsilon=t.adam_epsilon,
+        lr_multipliers={id(v): t.backbone_lr_multiplier for v in groups["backbone"]},
+        clip_norm=t.clip_grad_norm if t.clip_grad_norm > 0 else None,
+    )
+    optimizer.exclude_from_weight_decay(var_list=groups["no_weight_decay"])
+    if t.mixed_precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer.build(model.trainable_variables)
+    return optimizer
+
+
+def clip_by_global_norm(grads, max_norm: float):
+    """torch's `clip_grad_norm_` over all gradients: returns (clipped grads, norm before clipping)."""
+    norm = tf.linalg.global_norm(grads)
+    coef = tf.minimum(1.0, max_norm / (norm + 1e-6))
+    return [g * coef for g in grads], norm
