@@ -18,12 +18,35 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework.summary_pb2 import SummaryMetadata
 
 from evaluation.postprocess import PostProcessor
 from evaluation.visualize import draw_instances, draw_panoptic, draw_semantic
 
 METRICS_FILE = "metrics.jsonl"
 STEP_KEYS = ("loss_total", "loss_ce", "loss_mask", "loss_dice", "learning_rate", "grad_norm", "applied")
+
+
+def _plugin_metadata(plugin: str) -> bytes:
+    return SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name=plugin)).SerializeToString()
+
+
+# TensorBoard's scalar and image formats written with core TF (`tf.summary.scalar` / `image` need the
+# tensorboard package installed; these files are read by it all the same).
+SCALAR_METADATA = _plugin_metadata("scalars")
+IMAGE_METADATA = _plugin_metadata("images")
+
+
+def write_scalar(name: str, value: float, step: int) -> None:
+    tf.summary.write(name, tf.constant(value, tf.float32), step=step, metadata=SCALAR_METADATA)
+
+
+def write_images(name: str, images: np.ndarray, step: int) -> None:
+    """(N, H, W, 3) uint8 -> one image summary: [width, height, png_0, ...] as TensorBoard stores it."""
+    pngs = [tf.io.encode_png(image).numpy() for image in images]
+    height, width = images.shape[1:3]
+    tensor = tf.constant([str(width).encode(), str(height).encode(), *pngs])
+    tf.summary.write(name, tensor, step=step, metadata=IMAGE_METADATA)
 
 
 def truncate_metrics(path: str, last_step: int) -> None:
@@ -91,9 +114,9 @@ class TrainingReporter:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if step % self.log_every == 0:
-            with self.writer.as_default(step=step):
+            with self.writer.as_default():
                 for name, value in scalars.items():
-                    tf.summary.scalar(name if name.startswith("loss") else f"train/{name}", value)
+                    write_scalar(name if name.startswith("loss") else f"train/{name}", value, step)
         self.progbar.update(
             step - self.start_step,
             values=[
@@ -121,8 +144,8 @@ class TrainingReporter:
         ]
         pixels = np.clip(images, 0, 255).astype(np.uint8)
         drawn = np.stack([draw(image, result, self.class_names) for image, result in zip(pixels, results)])
-        with self.writer.as_default(step=step):
-            tf.summary.image("predictions", drawn, max_outputs=count)
+        with self.writer.as_default():
+            write_images("predictions", drawn, step)
         self.writer.flush()
 
     def message(self, text: str) -> None:
