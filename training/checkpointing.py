@@ -21,6 +21,17 @@ CHECKPOINT_SUBDIR = "checkpoints"
 CONFIG_FILE = "config.json"
 
 
+def model_variables(model) -> dict:
+    """Every variable of `model` (trainable or not, e.g. frozen BatchNorm statistics) by its unique path.
+
+    (A Keras 3 model handed to `tf.train.Checkpoint` directly exposes only some of its sublayers' variables.)
+    """
+    variables = {v.path: v for v in model.variables}
+    if len(variables) != len(model.variables):
+        raise ValueError("model variables do not have unique paths; name the layers uniquely")
+    return variables
+
+
 def latest_checkpoint(output_dir: str) -> str | None:
     """The newest checkpoint written in `output_dir`, or None."""
     return tf.train.latest_checkpoint(os.path.join(output_dir, CHECKPOINT_SUBDIR))
@@ -40,7 +51,7 @@ class TrainingCheckpoints:
         self.directory = os.path.join(output_dir, CHECKPOINT_SUBDIR)
         self.write_directory = self.directory if chief else os.path.join(output_dir, f".worker_{worker_id}_scratch")
         self.step = step
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
+        self.checkpoint = tf.train.Checkpoint(model=model_variables(model), optimizer=optimizer, step=step)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, self.write_directory, max_to_keep=keep, step_counter=step
         )
