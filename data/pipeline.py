@@ -116,10 +116,14 @@ def build_dataset(
             with_extras=with_extras,
         )
         # Sample i gets the seed (seed, i): the same augmentation whichever thread parses it.
-        dataset = dataset.enumerate().skip(skip_examples).map(
-            lambda index, serialized: parser(decoder(serialized), tf.stack([tf.cast(seed, tf.int64), index])),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=deterministic,
+        dataset = (
+            dataset.enumerate()
+            .skip(skip_examples)
+            .map(
+                lambda index, serialized: parser(decoder(serialized), tf.stack([tf.cast(seed, tf.int64), index])),
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=deterministic,
+            )
         )
     else:
         fixed = None

@@ -8,10 +8,17 @@ register = keras.saving.register_keras_serializable(package="mask2former")
 
 TORCH_NORM_EPSILON = 1e-5  # every PyTorch norm layer of the official model; Keras defaults to 1e-3
 
-# PyTorch nn.Linear / nn.Conv2d default init: kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)).
-TORCH_DEFAULT_KERNEL_INIT = keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
-# detectron2 c2_xavier_fill: kaiming_uniform(a=1) = U(+-sqrt(3/fan_in)).
-C2_XAVIER_INIT = keras.initializers.VarianceScaling(1.0, "fan_in", "uniform")
+
+# A Keras initializer made without a seed draws one int seed when it is created and then returns the same
+# values at every call: each layer needs its own (made after keras.utils.set_random_seed, it is reproducible).
+def torch_default_kernel_init():
+    """PyTorch nn.Linear / nn.Conv2d default init: kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in))."""
+    return keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def c2_xavier_init():
+    """detectron2 c2_xavier_fill: kaiming_uniform(a=1) = U(+-sqrt(3/fan_in))."""
+    return keras.initializers.VarianceScaling(1.0, "fan_in", "uniform")
 
 
 def layer_norm(name, dtype):

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from model.layers import C2_XAVIER_INIT, group_norm, layer_norm, register, resize_bilinear
+from model.layers import c2_xavier_init, group_norm, layer_norm, register, resize_bilinear
 from model.ms_deform_attn import MultiScaleDeformableAttention
 from model.position_encoding import sine_position_encoding
 
@@ -123,15 +123,15 @@ class MSDeformAttnPixelDecoder(keras.layers.Layer):
             for i in range(encoder_layers)
         ]
         self.adapter_1 = keras.layers.Conv2D(
-            conv_dim, 1, use_bias=False, kernel_initializer=C2_XAVIER_INIT, name="adapter_1", **kw
+            conv_dim, 1, use_bias=False, kernel_initializer=c2_xavier_init(), name="adapter_1", **kw
         )
         self.adapter_1_norm = group_norm(group_norm_groups, "adapter_1_norm", self.dtype_policy)
         self.layer_1 = keras.layers.Conv2D(
-            conv_dim, 3, padding="same", use_bias=False, kernel_initializer=C2_XAVIER_INIT, name="layer_1", **kw
+            conv_dim, 3, padding="same", use_bias=False, kernel_initializer=c2_xavier_init(), name="layer_1", **kw
         )
         self.layer_1_norm = group_norm(group_norm_groups, "layer_1_norm", self.dtype_policy)
         self.mask_features = keras.layers.Conv2D(
-            mask_dim, 1, kernel_initializer=C2_XAVIER_INIT, name="mask_features", **kw
+            mask_dim, 1, kernel_initializer=c2_xavier_init(), name="mask_features", **kw
         )
 
     def build(self, features_shape):

@@ -9,7 +9,7 @@ cross-attention to the predicted foreground.
 import keras
 from keras import ops
 
-from model.layers import TORCH_DEFAULT_KERNEL_INIT, layer_norm, register, resize_bilinear
+from model.layers import layer_norm, register, resize_bilinear, torch_default_kernel_init
 from model.position_encoding import sine_position_encoding
 
 
@@ -150,12 +150,12 @@ class MaskedAttentionDecoder(keras.layers.Layer):
         ]
         self.decoder_norm = layer_norm("decoder_norm", self.dtype_policy)
         self.class_embed = keras.layers.Dense(
-            num_classes + 1, kernel_initializer=TORCH_DEFAULT_KERNEL_INIT, name="class_embed", **kw
+            num_classes + 1, kernel_initializer=torch_default_kernel_init(), name="class_embed", **kw
         )
         self.mask_embed = [
             keras.layers.Dense(
                 mask_dim if i == 2 else hidden_dim,
-                kernel_initializer=TORCH_DEFAULT_KERNEL_INIT,
+                kernel_initializer=torch_default_kernel_init(),
                 name=f"mask_embed_{i}",
                 **kw,
             )
@@ -163,15 +163,17 @@ class MaskedAttentionDecoder(keras.layers.Layer):
         ]
 
     def build(self, multi_scale_features_shape):
-        embedding = keras.initializers.RandomNormal(stddev=1.0)  # nn.Embedding default
+        def embedding():  # nn.Embedding default; one initializer per weight (see model/layers.py)
+            return keras.initializers.RandomNormal(stddev=1.0)
+
         self.query_feat = self.add_weight(
-            name="query_feat", shape=(self.num_queries, self.hidden_dim), initializer=embedding
+            name="query_feat", shape=(self.num_queries, self.hidden_dim), initializer=embedding()
         )
         self.query_embed = self.add_weight(
-            name="query_embed", shape=(self.num_queries, self.hidden_dim), initializer=embedding
+            name="query_embed", shape=(self.num_queries, self.hidden_dim), initializer=embedding()
         )
         self.level_embed = self.add_weight(
-            name="level_embed", shape=(self.num_levels, self.hidden_dim), initializer=embedding
+            name="level_embed", shape=(self.num_levels, self.hidden_dim), initializer=embedding()
         )
         tokens = (None, None, self.hidden_dim)
         for layer in self.decoder_layers:

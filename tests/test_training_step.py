@@ -88,7 +88,9 @@ def test_accumulated_gradients_equal_the_whole_batch():
     zero = [v.path for v, g in zip(model.trainable_variables, grads_1, strict=True) if not np.any(g.numpy())]
     assert zero == ["mask2_former/pixel_decoder/level_embed"]
     attention = model.pixel_decoder.encoder[0].self_attn
-    assert not np.any(attention.sampling_offsets.kernel.numpy()) and not np.any(attention.attention_weights.kernel.numpy())
+    assert not np.any(attention.sampling_offsets.kernel.numpy()) and not np.any(
+        attention.attention_weights.kernel.numpy()
+    )
 
 
 def test_accumulated_update_equals_the_whole_batch_update():
@@ -167,9 +169,7 @@ def test_nonfinite_losses_skip_the_update_and_stop_the_run_keeping_the_last_good
     assert [h["applied"] for h in result.history] == [1.0, 1.0, 0.0, 0.0]
     assert result.last_checkpoint.endswith("ckpt-2")
     reader = tf.train.load_checkpoint(result.last_checkpoint)
-    saved = {
-        name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map() if name.startswith("model/")
-    }
+    saved = {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map() if name.startswith("model/")}
     kernel = [n for n in saved if "class_embed" in n and "kernel" in n and "OPTIMIZER" not in n]
     assert len(kernel) == 1
     current = next(v for v in result.model.trainable_variables if v.path.endswith("class_embed/kernel"))

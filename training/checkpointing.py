@@ -22,11 +22,12 @@ CONFIG_FILE = "config.json"
 
 
 def model_variables(model) -> dict:
-    """Every variable of `model` (trainable or not, e.g. frozen BatchNorm statistics) by its unique path.
+    """Every variable of `model` (trainable or not, e.g. frozen BatchNorm statistics) by its path inside the
+    model (without the model's own name, which Keras numbers per process: `mask2_former_1/...`).
 
     (A Keras 3 model handed to `tf.train.Checkpoint` directly exposes only some of its sublayers' variables.)
     """
-    variables = {v.path: v for v in model.variables}
+    variables = {v.path.split("/", 1)[-1]: v for v in model.variables}
     if len(variables) != len(model.variables):
         raise ValueError("model variables do not have unique paths; name the layers uniquely")
     return variables

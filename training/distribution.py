@@ -20,7 +20,7 @@ from data.pipeline import build_dataset
 
 
 def resolve_distribution(kind: str) -> str:
-    """"auto" -> the concrete kind for this environment; others are returned unchanged."""
+    """ "auto" -> the concrete kind for this environment; others are returned unchanged."""
     if kind != "auto":
         return kind
     if os.environ.get("TPU_NAME"):
@@ -38,7 +38,9 @@ def select_strategy(train_config) -> tf.distribute.Strategy:
     if kind == "default":
         return tf.distribute.get_strategy()
     if kind == "mirrored":
-        devices = None if tf.config.list_logical_devices("GPU") else [d.name for d in tf.config.list_logical_devices("CPU")]
+        devices = (
+            None if tf.config.list_logical_devices("GPU") else [d.name for d in tf.config.list_logical_devices("CPU")]
+        )
         return tf.distribute.MirroredStrategy(devices=devices)
     if kind == "multi_worker":
         if not os.environ.get("TF_CONFIG"):

@@ -1,8 +1,8 @@
 """The training run: build everything under the strategy, initialise or resume, loop, checkpoint, report.
 
-    from training.loop import train
-    result = train(config)          # resumes from config.train.output_dir if it holds a checkpoint
-    print(result.status, result.step, result.last_checkpoint)
+from training.loop import train
+result = train(config)          # resumes from config.train.output_dir if it holds a checkpoint
+print(result.status, result.step, result.last_checkpoint)
 """
 
 from __future__ import annotations

@@ -143,7 +143,7 @@ class TrainingReporter:
             self.postprocessor.task
         ]
         pixels = np.clip(images, 0, 255).astype(np.uint8)
-        drawn = np.stack([draw(image, result, self.class_names) for image, result in zip(pixels, results)])
+        drawn = np.stack([draw(image, result, self.class_names) for image, result in zip(pixels, results, strict=True)])
         with self.writer.as_default():
             write_images("predictions", drawn, step)
         self.writer.flush()

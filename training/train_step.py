@@ -83,7 +83,9 @@ class TrainStep:
         self.learning_rate = learning_rate
         self.loss_names = loss_names(model.num_decoder_layers)
         self.loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-        self._micro_step = tf.function(self._micro_step_eager, jit_compile=True) if jit_compile else self._micro_step_eager
+        self._micro_step = (
+            tf.function(self._micro_step_eager, jit_compile=True) if jit_compile else self._micro_step_eager
+        )
         self._function = tf.function(self._train_step)
 
     def __call__(self, batch) -> dict[str, tf.Tensor]:
@@ -160,7 +162,9 @@ class TrainStep:
             _, grads, losses = tf.while_loop(lambda i, *_: i < k, body, (tf.constant(0), *zeros))
 
         grads = context.all_reduce(tf.distribute.ReduceOp.MEAN, grads)
-        losses = dict(zip(self.loss_names, context.all_reduce(tf.distribute.ReduceOp.MEAN, list(losses.values()))))
+        losses = dict(
+            zip(self.loss_names, context.all_reduce(tf.distribute.ReduceOp.MEAN, list(losses.values())), strict=True)
+        )
         grad_norm = tf.linalg.global_norm(grads) / tf.cast(self._loss_scale(), tf.float32)
         return grads, losses, grad_norm
 
@@ -173,7 +177,10 @@ class TrainStep:
             losses = self.criterion(outputs, micro, points=points, **normalizers)
             scaled = losses["loss_total"] * tf.cast(self._loss_scale(), tf.float32)
         grads = tape.gradient(scaled, variables)
-        grads = [tf.zeros(v.shape, v.dtype) if g is None else tf.cast(g, v.dtype) for g, v in zip(grads, variables)]
+        grads = [
+            tf.zeros(v.shape, v.dtype) if g is None else tf.cast(g, v.dtype)
+            for g, v in zip(grads, variables, strict=True)
+        ]
         return grads, {name: losses[name] for name in self.loss_names}
 
     def _points(self, step, first_image, num_slots) -> list[SetPoints]:
