@@ -182,3 +182,20 @@ def test_converts_to_tfrecords_and_decodes_without_skips(dataset, tmp_path, caps
         batch = next(iter(build_dataset(config.validate(), "train", batch_size=2)))
         assert batch["masks"].shape == (2, 16, 64, 64) and batch["valid"].numpy().any(axis=1).all()
         assert int(tf.reduce_max(tf.where(batch["valid"], batch["labels"], 0))) < 6
+
+
+def test_ground_truth_scores_one_against_itself_in_test_map(dataset, tmp_path, capsys):
+    """The evaluation reads the synthetic ground truth: as predictions it scores mask AP 1 and PQ 1."""
+    import test_map
+
+    annotations = os.path.join(dataset, "annotations")
+    gt = os.path.join(annotations, "instances_val.json")
+    results = [{**a, "score": 1.0} for a in json.load(open(gt))["annotations"]]
+    json.dump(results, open(tmp_path / "results.json", "w"))
+    argv = ["--gt", gt, "--predictions", str(tmp_path / "results.json"), "--output", str(tmp_path / "m.json")]
+    assert test_map.main(argv)["segm"]["AP"] == pytest.approx(1.0)
+
+    panoptic_gt = os.path.join(annotations, "panoptic_val.json")
+    argv = ["--gt", panoptic_gt, "--predictions", panoptic_gt, "--pred-dir", os.path.join(annotations, "panoptic_val")]
+    metrics = test_map.main([*argv, "--workers", "1", "--output", str(tmp_path / "pq.json")])
+    assert metrics["All"]["pq"] == pytest.approx(1.0) and metrics["Stuff"]["n"] == 2 and metrics["Things"]["n"] == 4
