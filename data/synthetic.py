@@ -76,6 +76,11 @@ class SyntheticSpec:
             raise ValueError(f"need 1 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}")
         if not 0 < self.min_radius <= self.max_radius <= 0.5:
             raise ValueError(f"need 0 < min_radius <= max_radius <= 0.5, got {self.min_radius}, {self.max_radius}")
+        if self.min_radius * min(self.height, self.width) < 4:
+            raise ValueError(
+                f"the smallest thing radius is {self.min_radius * min(self.height, self.width):.1f} pixels; "
+                "raise min_radius or the image size so that it is at least 4"
+            )
         if self.image_format not in ("jpg", "png"):
             raise ValueError(f"image_format must be 'jpg' or 'png', got {self.image_format!r}")
         return self

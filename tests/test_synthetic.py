@@ -20,13 +20,13 @@ from data.pipeline import build_dataset
 from data.synthetic import CATEGORIES, SyntheticSpec, make_scene, write_dataset
 from tools import make_synthetic_dataset
 
-SIZE = (48, 64)  # non-square, to catch a swapped height and width
+SIZE = (64, 96)  # non-square, to catch a swapped height and width
 SPLITS = {"train": 6, "val": 3}
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    """The command line's output: 6 train and 3 val images of 48x64, and what it printed."""
+    """The command line's output folder: 6 train and 3 val images of 64x96."""
     out_dir = str(tmp_path_factory.mktemp("synthetic") / "shapes")
     argv = [out_dir, "--train", "6", "--val", "3", "--seed", "3", "--size", *map(str, SIZE), "--format", "png"]
     assert make_synthetic_dataset.main(argv) == 0
@@ -122,6 +122,8 @@ def test_every_category_appears(dataset):
 def test_bad_spec_is_refused_in_one_sentence(capsys, tmp_path):
     assert make_synthetic_dataset.main([str(tmp_path), "--size", "16", "16"]) == 1
     assert "too small" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="smallest thing radius is 3.2 pixels"):
+        SyntheticSpec(height=40, width=64).validate()
     with pytest.raises(ValueError, match="min_objects"):
         SyntheticSpec(min_objects=3, max_objects=2).validate()
 
