@@ -25,7 +25,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import defaultdict
 
 import cv2
 import numpy as np
@@ -35,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from evaluation.coco import encode_masks, evaluate_coco_results, instances_to_coco_results  # noqa: E402
 from evaluation.panoptic_quality import PanopticEvaluator, id_to_rgb, pq_compute, read_panoptic_png  # noqa: E402
 from evaluation.postprocess import InstanceResult, masks_to_boxes  # noqa: E402
+from tools.panopticapi_reference import panopticapi_image  # noqa: E402
 
 HEIGHT, WIDTH = 480, 640
 CATEGORIES = [{"id": i + 1, "name": str(i + 1), "isthing": int(i < 80)} for i in range(133)]
@@ -70,57 +70,6 @@ def synthetic_panoptic(rng, num_segments: int = 20):
     return ids, gt_segments, pred_ids, pred_segments
 
 
-def panopticapi_loop(pan_gt, gt_segments, pan_pred, pred_segments):
-    """Literal transcription of panopticapi `pq_compute_single_core` for one image (the competitor)."""
-    stat = defaultdict(lambda: [0.0, 0, 0, 0])
-    gt_segms = {el["id"]: dict(el) for el in gt_segments}
-    pred_segms = {el["id"]: dict(el) for el in pred_segments}
-    labels, labels_cnt = np.unique(pan_pred, return_counts=True)
-    for label, label_cnt in zip(labels, labels_cnt, strict=True):
-        if label in pred_segms:
-            pred_segms[label]["area"] = label_cnt
-    offset = 256 * 256 * 256
-    gt_pred_map = {}
-    labels, labels_cnt = np.unique(pan_gt.astype(np.uint64) * offset + pan_pred.astype(np.uint64), return_counts=True)
-    for label, intersection in zip(labels, labels_cnt, strict=True):
-        gt_pred_map[(label // offset, label % offset)] = intersection
-    gt_matched, pred_matched = set(), set()
-    for (gt_label, pred_label), intersection in gt_pred_map.items():
-        if gt_label not in gt_segms or pred_label not in pred_segms or gt_segms[gt_label]["iscrowd"] == 1:
-            continue
-        if gt_segms[gt_label]["category_id"] != pred_segms[pred_label]["category_id"]:
-            continue
-        union = (
-            pred_segms[pred_label]["area"]
-            + gt_segms[gt_label]["area"]
-            - intersection
-            - gt_pred_map.get((0, pred_label), 0)
-        )
-        iou = intersection / union
-        if iou > 0.5:
-            stat[gt_segms[gt_label]["category_id"]][0] += iou
-            stat[gt_segms[gt_label]["category_id"]][1] += 1
-            gt_matched.add(gt_label)
-            pred_matched.add(pred_label)
-    crowd = {}
-    for gt_label, gt_info in gt_segms.items():
-        if gt_label in gt_matched:
-            continue
-        if gt_info["iscrowd"] == 1:
-            crowd[gt_info["category_id"]] = gt_label
-            continue
-        stat[gt_info["category_id"]][3] += 1
-    for pred_label, pred_info in pred_segms.items():
-        if pred_label in pred_matched:
-            continue
-        intersection = gt_pred_map.get((0, pred_label), 0)
-        if pred_info["category_id"] in crowd:
-            intersection += gt_pred_map.get((crowd[pred_info["category_id"]], pred_label), 0)
-        if intersection / pred_info["area"] <= 0.5:
-            stat[pred_info["category_id"]][2] += 1
-    return stat
-
-
 def median_ms_per_image(function, repeats: int, count: int) -> float:
     times = []
     for _ in range(repeats):
@@ -134,7 +83,7 @@ def bench_pq(rng, count: int, repeats: int, folder: str) -> None:
     images = [synthetic_panoptic(rng) for _ in range(count)]
     evaluator = PanopticEvaluator(CATEGORIES)
     ours = median_ms_per_image(lambda: [evaluator.image_counts(*image) for image in images], repeats, count)
-    reference = median_ms_per_image(lambda: [panopticapi_loop(*image) for image in images], repeats, count)
+    reference = median_ms_per_image(lambda: [panopticapi_image(*image) for image in images], repeats, count)
 
     gt_json, pred_json = {"annotations": [], "categories": CATEGORIES}, {"annotations": []}
     for folder_name in ("gt", "pred"):

@@ -2,13 +2,13 @@
 transcription of panopticapi's per-image loop."""
 
 import json
-from collections import defaultdict
 
 import numpy as np
 import pytest
 from conftest import SHARED_TESTDATA
 
 from evaluation.panoptic_quality import PanopticEvaluator, pq_compute
+from tools.panopticapi_reference import panopticapi_image
 
 CATEGORIES = [
     {"id": 1, "name": "person", "isthing": 1},
@@ -129,61 +129,6 @@ def test_missing_prediction_for_an_image(tmp_path):
         pq_compute(str(tmp_path / "gt.json"), str(tmp_path / "pred.json"), pred_folder=str(tmp_path / "nope"))
 
 
-# ------------------------------------------------------------------ literal panopticapi transcription
-def panopticapi_image(pan_gt, gt_segments, pan_pred, pred_segments, categories):
-    """`pq_compute_single_core`'s loop body for one image (cocodataset/panopticapi evaluation.py)."""
-    stat = defaultdict(lambda: [0.0, 0, 0, 0])  # iou, tp, fp, fn
-    gt_segms = {el["id"]: dict(el) for el in gt_segments}
-    pred_segms = {el["id"]: dict(el) for el in pred_segments}
-    labels, labels_cnt = np.unique(pan_pred, return_counts=True)
-    for label, label_cnt in zip(labels, labels_cnt, strict=True):
-        if label not in pred_segms:
-            continue
-        pred_segms[label]["area"] = label_cnt
-    offset = 256 * 256 * 256
-    pan_gt_pred = pan_gt.astype(np.uint64) * offset + pan_pred.astype(np.uint64)
-    gt_pred_map = {}
-    labels, labels_cnt = np.unique(pan_gt_pred, return_counts=True)
-    for label, intersection in zip(labels, labels_cnt, strict=True):
-        gt_pred_map[(int(label // offset), int(label % offset))] = intersection
-    gt_matched, pred_matched = set(), set()
-    for (gt_label, pred_label), intersection in gt_pred_map.items():
-        if gt_label not in gt_segms or pred_label not in pred_segms or gt_segms[gt_label]["iscrowd"] == 1:
-            continue
-        if gt_segms[gt_label]["category_id"] != pred_segms[pred_label]["category_id"]:
-            continue
-        union = (
-            pred_segms[pred_label]["area"]
-            + gt_segms[gt_label]["area"]
-            - intersection
-            - gt_pred_map.get((0, pred_label), 0)
-        )
-        iou = intersection / union
-        if iou > 0.5:
-            stat[gt_segms[gt_label]["category_id"]][1] += 1
-            stat[gt_segms[gt_label]["category_id"]][0] += iou
-            gt_matched.add(gt_label)
-            pred_matched.add(pred_label)
-    crowd_labels_dict = {}
-    for gt_label, gt_info in gt_segms.items():
-        if gt_label in gt_matched:
-            continue
-        if gt_info["iscrowd"] == 1:
-            crowd_labels_dict[gt_info["category_id"]] = gt_label
-            continue
-        stat[gt_info["category_id"]][3] += 1
-    for pred_label, pred_info in pred_segms.items():
-        if pred_label in pred_matched:
-            continue
-        intersection = gt_pred_map.get((0, pred_label), 0)
-        if pred_info["category_id"] in crowd_labels_dict:
-            intersection += gt_pred_map.get((crowd_labels_dict[pred_info["category_id"]], pred_label), 0)
-        if intersection / pred_info["area"] > 0.5:
-            continue
-        stat[pred_info["category_id"]][2] += 1
-    return stat
-
-
 @pytest.mark.parametrize("seed", range(20))
 def test_random_images_match_the_panopticapi_loop(seed):
     rng = np.random.default_rng(seed)
@@ -207,7 +152,7 @@ def test_random_images_match_the_panopticapi_loop(seed):
         {"id": int(i), "category_id": int(rng.integers(1, 4))} for i in np.unique(pred) if i != 0 or rng.random() < 0.5
     ]
     ours = counts_of(gt, gt_segments, pred, pred_segments)
-    reference = panopticapi_image(gt, gt_segments, pred, pred_segments, CATEGORIES)
+    reference = panopticapi_image(gt, gt_segments, pred, pred_segments)
     for category_id, (tp, fp, fn, iou) in ours.items():
         ref_iou, ref_tp, ref_fp, ref_fn = reference.get(category_id, [0.0, 0, 0, 0])
         assert (tp, fp, fn) == (ref_tp, ref_fp, ref_fn)
