@@ -11,8 +11,9 @@ every skipped non-finite step, and at the end
     finished: 368750 steps, last loss 12.3456, checkpoint runs/coco_r50/checkpoints/ckpt-368750
 
 The run folder (`train.output_dir`) receives `config.json` (the resolved config), `checkpoints/`
-(every `train.checkpoint_every` steps and at the end), `metrics.jsonl` (one line per step) and
-`tensorboard/` (every loss term, lr, gradient norm, loss scale, rendered predictions).
+(every `train.checkpoint_every` steps and at the end), `metrics.jsonl` (one line per step),
+`tensorboard/` (every loss term, lr, gradient norm, loss scale, rendered predictions) and, when it
+finishes, `model.weights.h5` for `test_map.py --config RUN/config.json --weights RUN/model.weights.h5`.
 
 Running it again with the same output_dir resumes from the newest checkpoint (model, optimizer,
 loss scale, step, schedule and data position); `--no-resume` refuses a folder that has checkpoints.

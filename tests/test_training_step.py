@@ -1,5 +1,6 @@
 """The train step: accumulation is exact, the step is traced once, non-finite losses skip the update."""
 
+import json
 import logging
 
 import numpy as np
@@ -174,3 +175,68 @@ def test_nonfinite_losses_skip_the_update_and_stop_the_run_keeping_the_last_good
     assert len(kernel) == 1
     current = next(v for v in result.model.trainable_variables if v.path.endswith("class_embed/kernel"))
     np.testing.assert_array_equal(saved[kernel[0]], current.numpy())  # the skipped steps changed nothing
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_step_scales_the_loss_and_keeps_losses_in_float32(policy):
+    import keras
+
+    config = _config()
+    config.train.mixed_precision = policy
+    model = build_model(config, dtype=keras.DTypePolicy(policy))
+    step_fn = _step_fn(config, model, 2)
+    assert isinstance(step_fn.optimizer, keras.optimizers.LossScaleOptimizer) == (policy == "mixed_float16")
+    before = [v.numpy() for v in model.trainable_variables]
+    results = step_fn(_batch())
+    assert all(v.dtype == tf.float32 for v in results.values())
+    assert float(results["applied"]) == 1.0 and np.isfinite(float(results["loss_total"]))
+    assert float(results["loss_scale"]) == (2.0**15 if policy == "mixed_float16" else 1.0)
+    assert all(v.dtype == "float32" for v in model.trainable_variables)
+    changed = [not np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables, strict=True)]
+    assert sum(changed) > 0.9 * len(changed)
+
+
+@pytest.mark.slow
+def test_xla_step_with_the_tf_matcher():
+    config = _config()
+    config.loss.matcher = "tf"
+    config.train.jit_compile = True
+    model = build_model(config)
+    step = tf.Variable(0, dtype=tf.int64)
+    schedule = build_schedule(config.train)
+    step_fn = TrainStep(
+        model,
+        build_criterion(config),
+        build_optimizer(config.train, model, learning_rate=lambda: schedule(step)),
+        tf.distribute.get_strategy(),
+        step,
+        accumulation_steps=2,
+        replica_batch_size=4,
+        seed=5,
+        learning_rate=schedule,
+        jit_compile=True,
+    )
+    for i in range(3):
+        results = step_fn(_batch(seed=i))
+    assert float(results["applied"]) == 1.0 and np.isfinite(float(results["loss_total"]))
+    assert step_fn.tracing_count == 1
+
+
+def test_run_folder_has_tensorboard_scalars_images_and_metrics(tmp_path):
+    pattern = write_synthetic_tfrecords(tmp_path, num_images=2)
+    config = training_config(pattern, str(tmp_path / "run"), max_steps=2, checkpoint_every=2)
+    config.model.num_decoder_layers = 1
+    result = train(config)
+    assert result.status == "finished" and (tmp_path / "run" / "model.weights.h5").exists()
+    tags = {}
+    for events in (tmp_path / "run" / "tensorboard").glob("events.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            for value in event.summary.value:
+                tags.setdefault(value.tag, []).append((event.step, value.metadata.plugin_data.plugin_name))
+    for tag in ("loss_total", "loss_ce", "loss_mask", "loss_dice", "loss_ce_0", "loss_dice_0"):
+        assert tags[tag] == [(1, "scalars"), (2, "scalars")], tag
+    for tag in ("train/learning_rate", "train/grad_norm", "train/images_per_s", "train/loss_scale"):
+        assert [s for s, _ in tags[tag]] == [1, 2], tag
+    assert tags["predictions"] == [(2, "images")]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2]

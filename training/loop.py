@@ -27,6 +27,8 @@ from training.reporting import TrainingReporter
 from training.schedules import build_schedule
 from training.train_step import TrainStep
 
+FINAL_WEIGHTS = "model.weights.h5"
+
 
 @dataclass
 class TrainResult:
@@ -139,6 +141,9 @@ def train(config: Mask2FormerConfig, *, resume: bool = True, criterion=None) -> 
             last_checkpoint = checkpoints.save()
             images = strategy.experimental_local_results(batch["image"])[0]
             reporter.render_predictions(current, model, np.asarray(images))
+    if status == "finished" and chief:
+        # Keras weights of the final model, for test.py / test_map.py --weights with this run's config.json.
+        model.save_weights(os.path.join(t.output_dir, FINAL_WEIGHTS))
     if status == "stopped_nonfinite":
         reporter.message(
             f"stopped after {nonfinite_in_a_row} non-finite losses in a row at step {current}; the last good "

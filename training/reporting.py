@@ -116,7 +116,8 @@ class TrainingReporter:
         if step % self.log_every == 0:
             with self.writer.as_default():
                 for name, value in scalars.items():
-                    write_scalar(name if name.startswith("loss") else f"train/{name}", value, step)
+                    is_loss_term = name.startswith("loss_") and name != "loss_scale"
+                    write_scalar(name if is_loss_term else f"train/{name}", value, step)
         self.progbar.update(
             step - self.start_step,
             values=[
