@@ -86,8 +86,8 @@ def test_accumulated_gradients_equal_the_whole_batch():
     # Every parameter receives a gradient, except the pixel decoder's level_embed at initialisation: it only
     # feeds the deformable attention's sampling_offsets / attention_weights, whose kernels start at zero
     # (as the official init), so its gradient is exactly zero until they move.
-    zero = [v.path for v, g in zip(model.trainable_variables, grads_1, strict=True) if not np.any(g.numpy())]
-    assert zero == ["mask2_former/pixel_decoder/level_embed"]
+    zero = [v for v, g in zip(model.trainable_variables, grads_1, strict=True) if not np.any(g.numpy())]
+    assert zero == [model.pixel_decoder.level_embed]
     attention = model.pixel_decoder.encoder[0].self_attn
     assert not np.any(attention.sampling_offsets.kernel.numpy()) and not np.any(
         attention.attention_weights.kernel.numpy()
