@@ -145,7 +145,12 @@ def main(argv: list[str] | None = None) -> float:
         image = cv2.imread(os.path.join(DATA_DIR, "val", name))
         cv2.imwrite(os.path.join(examples, name), cv2.resize(image, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC))
     subprocess.run(
-        [sys.executable, os.path.join(ROOT, "test.py"), "--config", os.path.join(config.train.output_dir, "config.json")]
+        [
+            sys.executable,
+            os.path.join(ROOT, "test.py"),
+            "--config",
+            os.path.join(config.train.output_dir, "config.json"),
+        ]
         + ["--weights", weights, "--images", examples, "--output", RENDER_DIR]
         + ["--categories", config.data.categories_file],
         check=True,
