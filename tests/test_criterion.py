@@ -112,6 +112,8 @@ def reference_losses(outputs, targets, points, monkeypatch, canvas=(32, 32)):
 
 def assert_equal_to_reference(ours, reference):
     assert set(ours) == set(reference) | {"loss_total"}
+    worst = max(abs(float(ours[k]) - v) / max(abs(v), 1e-12) for k, v in reference.items())
+    print(f"criterion vs transformers: worst relative error over {len(reference)} terms {worst:.1e}")
     for key, value in reference.items():
         np.testing.assert_allclose(float(ours[key]), value, rtol=1e-5, err_msg=key)
     total = sum(

@@ -55,6 +55,7 @@ def test_r50_parameter_count_equals_reference():
     from tools.hf_reference import build_reference
 
     hf = build_reference("r50")
+    print(f"80-class R50 parameters: ours {parameters:,}, reference {sum(p.numel() for p in hf.parameters()):,}")
     assert parameters == sum(p.numel() for p in hf.parameters())
     assert round(parameters / 1e6, 1) == 44.0
     del torch

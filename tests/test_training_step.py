@@ -80,6 +80,7 @@ def test_accumulated_gradients_equal_the_whole_batch():
 
     for k in (2, 4):
         grads_k, losses_k = tf.function(_step_fn(config, model, k).gradients)(batch)
+        print(f"accumulation k={k}: gradient relative error {_relative_error(grads_1, grads_k):.1e}")
         assert _relative_error(grads_1, grads_k) < 1e-5
         for name in full_step.loss_names:
             np.testing.assert_allclose(float(losses_k[name]), float(losses_1[name]), rtol=1e-5, err_msg=name)
