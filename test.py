@@ -10,7 +10,7 @@ or a Keras `.weights.h5` for the model that `--preset/--config/--set` describe.
 
 For each image `x.jpg` it writes `images/res/x.png` (instance: coloured masks, outlines, "class 93%";
 panoptic: one colour per segment, stuff labelled; semantic: class colours with a legend) and
-`images/res/x.json` (COCO RLE masks, category ids and names, scores, boxes; see evaluation/export.py).
+`images/res/x.json` (COCO RLE masks, category ids and names, scores, boxes; see inference/results_json.py).
 Task, score threshold and batch size come from the config (`inference.*`) or the flags below; any
 size or aspect ratio works, EXIF orientation is applied, grayscale and RGBA images are converted.
 """
@@ -28,11 +28,11 @@ import cv2
 
 from config import ConfigError, add_config_arguments, config_from_args
 from data.categories import Categories
-from evaluation.export import result_to_json
-from evaluation.inference import Predictor, read_image
-from evaluation.loading import load_model
-from evaluation.postprocess import InstanceResult, PanopticResult
-from evaluation.visualize import draw_instances, draw_panoptic, draw_semantic
+from inference.loading import load_model
+from inference.postprocess import InstanceResult, PanopticResult
+from inference.predictor import Predictor, read_image
+from inference.results_json import result_to_json
+from inference.visualize import draw_instances, draw_panoptic, draw_semantic
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 

@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from evaluation.coco import encode_masks, evaluate_coco_results, instances_to_coco_results  # noqa: E402
 from evaluation.panoptic_quality import PanopticEvaluator, id_to_rgb, pq_compute, read_panoptic_png  # noqa: E402
-from evaluation.postprocess import InstanceResult, masks_to_boxes  # noqa: E402
+from inference.postprocess import InstanceResult, masks_to_boxes  # noqa: E402
 from tools.panopticapi_reference import panopticapi_image  # noqa: E402
 
 HEIGHT, WIDTH = 480, 640
@@ -157,7 +157,7 @@ def bench_mask_ap(rng, count: int, repeats: int, folder: str) -> None:
 
 
 def bench_postprocess(rng, repeats: int) -> None:
-    from evaluation.postprocess import PostProcessor
+    from inference.postprocess import PostProcessor
 
     logits = rng.normal(0, 3, (1, 100, 81)).astype(np.float32)
     masks = rng.normal(0, 3, (1, 100, 200, 336)).astype(np.float32)  # 800 x 1344 padded input

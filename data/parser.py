@@ -16,7 +16,7 @@ the M largest and prints one line naming it.
 
 Evaluation (`EvalParser`): resize the shortest edge to `min_size` (longest at most `max_size`) with
 exactly the pixels of detectron2's test-time resize (PIL bilinear on uint8, `pil_bilinear_resize`; the
-same as `evaluation.inference.resize_for_test`), pad bottom/right to a multiple of 32 (or to a fixed
+same as `inference.predictor.resize_for_test`), pad bottom/right to a multiple of 32 (or to a fixed
 size for batching) with the pixel mean, which the model's normalisation turns into the official zero
 padding; keeps `valid_size` and `original_size`.
 

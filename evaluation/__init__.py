@@ -1,12 +1,12 @@
-"""Inference and evaluation.
+"""Metrics: COCO AP, panoptic quality, semantic IoU, on a model or on prediction files.
 
-- `postprocess`: model outputs -> instance / panoptic / semantic results, exactly as the official model.
-- `inference`: image reading, the official test-time resize, batching, `Predictor`.
 - `coco`: COCO mask / box AP with pycocotools (`CocoEvaluator`, `evaluate_coco_results`).
 - `panoptic_quality`: PQ / SQ / RQ with panopticapi's rules (`PanopticEvaluator`, `pq_compute`).
 - `semantic`: mIoU, fwIoU, mACC, pACC (`SemanticEvaluator`).
+- `model_evaluation`: a model on a validation set (what test_map.py runs with --weights / --model).
 - `files`: evaluating prediction files made elsewhere (used by test_map.py).
-- `visualize`, `export`: overlays and per-image JSON (used by test.py).
+- `tables`: the plain-text tables test_map.py prints.
 
-Modules are imported directly (`from evaluation.coco import ...`) so that file evaluation does not load TensorFlow.
+Running the model, post-processing and drawing live in `inference/`. Modules are imported directly
+(`from evaluation.coco import ...`) so that file evaluation does not load TensorFlow.
 """

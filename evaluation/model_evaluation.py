@@ -5,7 +5,7 @@
     metrics = evaluate_model(model, eval_set, config, "instance", progress=True)
 
 Every `Sample` is one image's model input, resized exactly as detectron2's test-time resize (PIL
-bilinear; `evaluation.inference.resize_for_test` for image files, `data.parser.EvalParser` for
+bilinear; `inference.predictor.resize_for_test` for image files, `data.parser.EvalParser` for
 records, pixel for pixel the same), the resized size inside it, the original size and its ground
 truth. Predictions go through the official post-processing (`PostProcessor`) at the original size
 and into the task's evaluator; the metrics have the formats of evaluating prediction files:
@@ -34,10 +34,10 @@ import numpy as np
 from data.categories import Categories
 from evaluation.coco import encode_masks, evaluate_coco_results, instances_to_coco_results, load_coco, xyxy_to_xywh
 from evaluation.files import read_json
-from evaluation.inference import pad_batch, read_image, resize_for_test
 from evaluation.panoptic_quality import PanopticEvaluator, read_panoptic_png
-from evaluation.postprocess import PostProcessor
 from evaluation.semantic import SemanticEvaluator
+from inference.postprocess import PostProcessor
+from inference.predictor import pad_batch, read_image, resize_for_test
 
 IGNORE_LABEL = 255  # semantic ground truth that is not evaluated
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-import evaluation.loading
+import inference.loading
 import test_map
 from data.categories import Categories
 from data.coco_conversion import ConversionOptions, convert
@@ -193,7 +193,7 @@ def test_a_wrong_prediction_lowers_every_metric(dataset):
 def test_command_line_with_the_replay_stub_writes_perfect_metrics(dataset, tmp_path, monkeypatch, source):
     """The whole test_map.py model path (config, set, loop, table, metrics.json) with the loader replaced."""
     root, scenes = dataset
-    monkeypatch.setattr(evaluation.loading, "load_model", lambda config, *paths: GroundTruthReplay(scenes))
+    monkeypatch.setattr(inference.loading, "load_model", lambda config, *paths: GroundTruthReplay(scenes))
     config_file = tmp_path / "tiny.json"
     small_config("panoptic").save(str(config_file))
     data = ["--gt", str(root / "panoptic.json"), "--images", str(root / "images")]

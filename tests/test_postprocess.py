@@ -5,7 +5,7 @@ the official code, HF's `Mask2FormerImageProcessor.post_process_*`."""
 import numpy as np
 import pytest
 
-from evaluation.postprocess import PostProcessor, instance_inference, masks_to_boxes, panoptic_inference
+from inference.postprocess import PostProcessor, instance_inference, masks_to_boxes, panoptic_inference
 
 BIG = 20.0  # a mask logit whose sigmoid is 1 - 2e-9
 
@@ -252,8 +252,8 @@ def test_real_model_outputs_are_cropped_and_resized_to_the_original_image():
     """A 45 x 70 image (resized to 50 x 78, padded to 64 x 96, masks 16 x 24): results of every task
     come back at 45 x 70, and the mask logits equal detectron2's `sem_seg_postprocess` (torch
     F.interpolate bilinear, align_corners=False: upsample x4, crop the padding, resize)."""
-    from evaluation.inference import Predictor, resize_for_test
-    from evaluation.postprocess import crop_and_resize, resize_bilinear
+    from inference.postprocess import crop_and_resize, resize_bilinear
+    from inference.predictor import Predictor, resize_for_test
     from model import build_model
     from model.checkpoint import load_detectron2_checkpoint
     from tests.helpers import tiny_config

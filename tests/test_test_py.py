@@ -16,7 +16,7 @@ from pycocotools.cocoeval import COCOeval
 import test as test_program
 from config import Mask2FormerConfig
 from data.categories import Categories
-from evaluation.inference import Predictor, read_image, resized_shape
+from inference.predictor import Predictor, read_image, resized_shape
 
 CATEGORIES = Categories.from_coco(
     [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 7, "name": "sky", "isthing": 0}]

@@ -1,6 +1,6 @@
 """One test-time resize for everyone: detectron2's ResizeShortestEdge (PIL bilinear on uint8).
 
-`evaluation.inference.resize_for_test` calls PIL itself; `data.parser.EvalParser` (TFRecord evaluation)
+`inference.predictor.resize_for_test` calls PIL itself; `data.parser.EvalParser` (TFRecord evaluation)
 reimplements Pillow's fixed-point two-pass bilinear in TensorFlow. Both must give PIL's pixels exactly,
 eagerly and inside tf.data, upscaling and downscaling, and the same output size rule.
 """
@@ -11,7 +11,7 @@ import tensorflow as tf
 from PIL import Image
 
 from data.parser import EvalParser, eval_resized_size, pil_bilinear_resize
-from evaluation.inference import resize_for_test, resized_shape
+from inference.predictor import resize_for_test, resized_shape
 
 CASES = [  # (height, width, min_size, max_size)
     (37, 53, 800, 1333),  # upscale x21

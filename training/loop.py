@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from config import Mask2FormerConfig
 from data.pipeline import load_categories
-from evaluation.postprocess import PostProcessor
+from inference.postprocess import PostProcessor
 from losses import build_criterion
 from model import build_model
 from training.checkpointing import CONFIG_FILE, TrainingCheckpoints, latest_checkpoint

@@ -3,7 +3,7 @@
 - Progress bar (Keras `Progbar`, chief only): step, total loss and its final-set terms, lr, images/s, ETA.
 - TensorBoard (`output_dir/tensorboard`), every `train.log_every` steps: every loss term (all prediction
   sets), the learning rate, the gradient norm, the loss scale, images/s; at each checkpoint a few
-  predictions on training images, drawn by `evaluation.visualize`.
+  predictions on training images, drawn by `inference.visualize`.
 - `output_dir/metrics.jsonl`: one JSON line per step (step, losses of the final set, total, lr,
   grad_norm, images_per_s, applied); a resumed run first drops the lines after its checkpoint, so the
   file always describes one uninterrupted run (the quickstart plots the learning curve from it).
@@ -20,8 +20,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework.summary_pb2 import SummaryMetadata
 
-from evaluation.postprocess import PostProcessor
-from evaluation.visualize import draw_instances, draw_panoptic, draw_semantic
+from inference.postprocess import PostProcessor
+from inference.visualize import draw_instances, draw_panoptic, draw_semantic
 
 METRICS_FILE = "metrics.jsonl"
 STEP_KEYS = ("loss_total", "loss_ce", "loss_mask", "loss_dice", "learning_rate", "grad_norm", "applied")

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from evaluation.postprocess import PostProcessor
+from inference.postprocess import PostProcessor
 
 
 def read_image(path: str) -> np.ndarray:

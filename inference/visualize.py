@@ -16,7 +16,7 @@ import colorsys
 import cv2
 import numpy as np
 
-from evaluation.postprocess import InstanceResult, PanopticResult, SemanticResult
+from inference.postprocess import InstanceResult, PanopticResult, SemanticResult
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 MASK_OPACITY = 0.55

@@ -16,7 +16,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from evaluation.coco import encode_masks, xyxy_to_xywh
-from evaluation.postprocess import InstanceResult, PanopticResult, SemanticResult, masks_to_boxes
+from inference.postprocess import InstanceResult, PanopticResult, SemanticResult, masks_to_boxes
 
 
 def result_to_json(result, file_name: str, category_ids, class_names, score_threshold: float = 0.5) -> dict:
