@@ -34,9 +34,15 @@ class ModelConfig:
 
     num_classes: int = 80  # K; the class head predicts K + 1 (the last is "no object")
     num_queries: int = 100
+    backbone: str = "resnet"  # "resnet" (the backbone_* fields) or "swin" (the swin_* fields)
     backbone_stage_blocks: tuple[int, ...] = (3, 4, 6, 3)  # R50; R101 is (3, 4, 23, 3)
     backbone_stem_channels: int = 64
     backbone_res2_channels: int = 256  # doubles per stage; bottleneck width is a quarter
+    swin_embed_dim: int = 96  # Swin-T/S 96, B 128, L 192
+    swin_depths: tuple[int, ...] = (2, 2, 6, 2)  # T; S/B/L (2, 2, 18, 2)
+    swin_num_heads: tuple[int, ...] = (3, 6, 12, 24)  # T/S; B (4, 8, 16, 32), L (6, 12, 24, 48)
+    swin_window_size: int = 7  # 12 for the 384-pretrained B and L
+    swin_drop_path_rate: float = 0.3  # stochastic depth (official for COCO)
     hidden_dim: int = 256  # transformer decoder width
     num_heads: int = 8  # decoder and pixel-decoder attention heads
     decoder_ffn_dim: int = 2048
@@ -328,6 +334,9 @@ def _coerce(name: str, annotation: Any, current: Any, value: Any) -> Any:
 
 
 # -------------------------------------------------------------------- presets
+# One preset per official model-zoo checkpoint, named `{dataset}_{task}_{backbone}` like its model-zoo
+# name in model/checkpoint.py: the dataset and task recipe, then the backbone. Sources: the official
+# configs/{coco,ade20k,cityscapes}/*/*.yaml.
 def coco_instance() -> Mask2FormerConfig:
     """Official R50 COCO instance segmentation (43.7 mask AP)."""
     return Mask2FormerConfig()
@@ -341,21 +350,119 @@ def coco_panoptic() -> Mask2FormerConfig:
     return config
 
 
+def _shortest_edge_recipe(config, dataset, crop, test_sizes, steps) -> Mask2FormerConfig:
+    """ADE20K / Cityscapes: shortest-edge jitter + crop + colour, poly schedule."""
+    d, t = config.data, config.train
+    d.image_size, d.augmentation = crop, "ade20k"
+    d.min_size_test, d.max_size_test = test_sizes
+    d.train_files = f"datasets/{dataset}/tfrecords/train-*.tfrecord"
+    d.val_files = f"datasets/{dataset}/tfrecords/val-*.tfrecord"
+    t.max_steps, t.lr_schedule, t.lr_decay_steps = steps, "poly", ()
+    return config
+
+
 def ade20k_semantic() -> Mask2FormerConfig:
     """Official R50 ADE20K semantic segmentation (47.2 mIoU): 150 classes, 160k poly schedule."""
-    config = Mask2FormerConfig()
-    config.model.num_classes = 150
-    config.data.image_size = (512, 512)
-    config.data.augmentation = "ade20k"
-    config.data.min_size_test = 512
-    config.data.max_size_test = 2048
-    config.data.train_files = "datasets/ade20k/tfrecords/train-*.tfrecord"
-    config.data.val_files = "datasets/ade20k/tfrecords/val-*.tfrecord"
-    config.train.max_steps = 160000
-    config.train.lr_schedule = "poly"
-    config.train.lr_decay_steps = ()
-    config.inference.task = "semantic"
+    config = _shortest_edge_recipe(Mask2FormerConfig(), "ade20k", (512, 512), (512, 2048), 160000)
+    config.model.num_classes, config.inference.task = 150, "semantic"
     return config
+
+
+def ade20k_instance() -> Mask2FormerConfig:
+    """Official R50 ADE20K instance segmentation (26.4 AP): 100 thing classes, 640 crops."""
+    config = _shortest_edge_recipe(Mask2FormerConfig(), "ade20k", (640, 640), (640, 2560), 160000)
+    config.model.num_classes, config.inference.task = 100, "instance"
+    return config
+
+
+def ade20k_panoptic() -> Mask2FormerConfig:
+    """Official R50 ADE20K panoptic segmentation (39.7 PQ): 150 classes, 640 crops."""
+    config = _shortest_edge_recipe(Mask2FormerConfig(), "ade20k", (640, 640), (640, 2560), 160000)
+    config.model.num_classes, config.inference.task = 150, "panoptic"
+    return config
+
+
+def _cityscapes(task: str, num_classes: int) -> Mask2FormerConfig:
+    """Official Cityscapes recipe: 512 x 1024 crops, test shortest edge 1024 (longest 2048), 90k poly.
+
+    The official training jitter picks the shortest edge in 0.5..2.0 x 1024, the crop's width; the
+    "ade20k" augmentation scales by the crop height (512), so training jitter here is half as large.
+    """
+    config = _shortest_edge_recipe(Mask2FormerConfig(), "cityscapes", (512, 1024), (1024, 2048), 90000)
+    config.model.num_classes, config.inference.task = num_classes, task
+    return config
+
+
+def cityscapes_semantic() -> Mask2FormerConfig:
+    """Official R50 Cityscapes semantic segmentation (79.4 mIoU): 19 classes."""
+    return _cityscapes("semantic", 19)
+
+
+def cityscapes_instance() -> Mask2FormerConfig:
+    """Official R50 Cityscapes instance segmentation (37.4 AP): 8 thing classes."""
+    return _cityscapes("instance", 8)
+
+
+def cityscapes_panoptic() -> Mask2FormerConfig:
+    """Official R50 Cityscapes panoptic segmentation (62.1 PQ): 19 classes."""
+    return _cityscapes("panoptic", 19)
+
+
+# backbone -> (ModelConfig fields, ImageNet starting weights the official config names)
+BACKBONES = {
+    "r50": ({}, "R-50.pkl"),
+    "r101": ({"backbone_stage_blocks": (3, 4, 23, 3)}, "R-101.pkl"),
+    "swin_t": (
+        {"swin_embed_dim": 96, "swin_depths": (2, 2, 6, 2), "swin_num_heads": (3, 6, 12, 24), "swin_window_size": 7},
+        "swin_tiny_patch4_window7_224.pkl",
+    ),
+    "swin_s": (
+        {"swin_embed_dim": 96, "swin_depths": (2, 2, 18, 2), "swin_num_heads": (3, 6, 12, 24), "swin_window_size": 7},
+        "swin_small_patch4_window7_224.pkl",
+    ),
+    "swin_b": (
+        {"swin_embed_dim": 128, "swin_depths": (2, 2, 18, 2), "swin_num_heads": (4, 8, 16, 32), "swin_window_size": 12},
+        "swin_base_patch4_window12_384.pkl",
+    ),
+    "swin_b_in21k": (
+        {"swin_embed_dim": 128, "swin_depths": (2, 2, 18, 2), "swin_num_heads": (4, 8, 16, 32), "swin_window_size": 12},
+        "swin_base_patch4_window12_384_22k.pkl",
+    ),
+    "swin_l_in21k": (
+        {
+            "swin_embed_dim": 192,
+            "swin_depths": (2, 2, 18, 2),
+            "swin_num_heads": (6, 12, 24, 48),
+            "swin_window_size": 12,
+        },
+        "swin_large_patch4_window12_384_22k.pkl",
+    ),
+}
+
+
+def with_backbone(make, backbone: str):
+    """A preset builder: the recipe `make()` with one of `BACKBONES` (official per-backbone changes included)."""
+
+    def preset() -> Mask2FormerConfig:
+        config = make()
+        fields, weights = BACKBONES[backbone]
+        for key, value in fields.items():
+            setattr(config.model, key, value)
+        config.model.backbone = "swin" if backbone.startswith("swin") else "resnet"
+        config.train.backbone_weights = weights
+        if backbone == "swin_l_in21k":
+            if make not in (cityscapes_semantic, ade20k_semantic):  # the semantic Swin-L configs keep 100
+                config.model.num_queries = 200
+            if make in (coco_instance, coco_panoptic):  # 100 epochs
+                config.train.max_steps, config.train.lr_decay_steps = 737500, (655556, 710184)
+        if make is ade20k_semantic and backbone in ("swin_b", "swin_b_in21k", "swin_l_in21k"):
+            d = config.data  # the "res640" configs
+            d.image_size, d.min_size_test, d.max_size_test = (640, 640), 640, 2560
+        return config
+
+    preset.__name__ = f"{make.__name__}_{backbone}"
+    preset.__doc__ = f"The official {make.__name__} recipe with the {backbone} backbone (model zoo: same name)."
+    return preset
 
 
 def quickstart() -> Mask2FormerConfig:
@@ -389,11 +496,20 @@ def quickstart() -> Mask2FormerConfig:
     return config
 
 
+_ZOO_RECIPES = {
+    coco_instance: ("r50", "r101", "swin_t", "swin_s", "swin_b", "swin_b_in21k", "swin_l_in21k"),
+    coco_panoptic: ("r50", "r101", "swin_t", "swin_s", "swin_b", "swin_b_in21k", "swin_l_in21k"),
+    ade20k_semantic: ("r50", "r101", "swin_t", "swin_s", "swin_b", "swin_b_in21k", "swin_l_in21k"),
+    ade20k_instance: ("r50", "swin_l_in21k"),
+    ade20k_panoptic: ("r50", "swin_l_in21k"),
+    cityscapes_semantic: ("r50", "r101", "swin_t", "swin_s", "swin_b_in21k", "swin_l_in21k"),
+    cityscapes_instance: ("r50", "r101", "swin_t", "swin_s", "swin_b_in21k", "swin_l_in21k"),
+    cityscapes_panoptic: ("r50", "r101", "swin_t", "swin_s", "swin_b_in21k", "swin_l_in21k"),
+}
 PRESETS = {
     "quickstart": quickstart,
-    "coco_instance": coco_instance,
-    "coco_panoptic": coco_panoptic,
-    "ade20k_semantic": ade20k_semantic,
+    **{make.__name__: make for make in _ZOO_RECIPES},  # the R50 recipes under their short names
+    **{f"{make.__name__}_{b}": with_backbone(make, b) for make, backbones in _ZOO_RECIPES.items() for b in backbones},
 }
 
 

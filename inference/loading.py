@@ -2,12 +2,15 @@
 
     network = load_model(config, model_path="mask2former_r50_coco.keras")   # architecture from the file
     network = load_model(config, weights_path="model_final_3c8ec9.pkl")       # official detectron2 checkpoint
+    network = load_model(config, weights_path="coco_instance_r50")            # model-zoo name: downloaded once
+    network = load_model(config, weights_path="hf_model_dir")                 # Hugging Face save_pretrained
     network = load_model(config, weights_path="runs/m/ckpt.weights.h5")       # Keras weights of this model
 
 A `.keras` file describes its own architecture: `config.model` is updated to it (so that the class
 count checks against `categories.json` use the model's). Weights must fit the configured model; a
-checkpoint of another architecture (e.g. 133 classes against the 80 of `--preset coco_instance`) is
-refused with one sentence naming the fields and the flags that fix it, before anything is loaded.
+checkpoint of another architecture (e.g. 133 classes against the 80 of `--preset coco_instance`, or an
+R101 against the R50 it configures) is refused with one sentence naming both architectures and the
+preset or flags that fix it, before anything is loaded.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ def load_model(config, model_path: str | None = None, weights_path: str | None =
     if (model_path is None) == (weights_path is None):
         raise ModelLoadError("give exactly one of a .keras model file (--model) and a weights file (--weights)")
     path = model_path or weights_path
-    if not os.path.isfile(path):
+    if weights_path is not None:
+        path = weights_path = _resolve_zoo_name(weights_path)
+    if not (os.path.isfile(path) or (weights_path is not None and _is_hf_checkpoint(path))):
         raise ModelLoadError(
             f"{path} does not exist; check the path (converted models come from "
             "tools/convert_detectron2_checkpoint.py, official weights from the model zoo)"
@@ -64,19 +69,36 @@ def _load_keras_model(path: str, config):
     return network
 
 
+def _resolve_zoo_name(path: str) -> str:
+    """A model-zoo name (`coco_instance_r50`) that is not a local file becomes the downloaded file."""
+    from model.checkpoint import MODEL_ZOO, CheckpointError, download
+
+    if os.path.exists(path) or path not in MODEL_ZOO:
+        return path
+    try:
+        return download(path)
+    except CheckpointError as e:
+        raise ModelLoadError(_first_line(e)) from None
+
+
+def _is_hf_checkpoint(path: str) -> bool:
+    from model.hf_checkpoint import is_hf_checkpoint
+
+    return is_hf_checkpoint(path)
+
+
 def _load_weights(path: str, config):
     from model import build_model
 
-    if path.endswith(".pkl"):
-        state = _read_detectron2(path)
-        _check_architecture(path, state, config)
+    if path.endswith(".pkl") or _is_hf_checkpoint(path):
+        state = _read_official(path, config)
         network = build_model(config)
         from model.checkpoint import CheckpointError, load_detectron2_state
 
         try:
             load_detectron2_state(network, state)
         except CheckpointError as e:
-            problems = [line for line in str(e).splitlines() if line.startswith(("missing", "wrong shape"))]
+            problems = [line for line in str(e).splitlines() if line.startswith(("missing", "wrong shape", "unexp"))]
             raise ModelLoadError(f"{path} does not fit the configured model: {(problems or [str(e)])[0]}") from None
         return network
     if not path.endswith((".weights.h5", ".keras")):
@@ -96,39 +118,24 @@ def _load_weights(path: str, config):
     return network
 
 
-def _read_detectron2(path: str) -> dict:
-    from model.checkpoint import CheckpointError, read_detectron2_checkpoint
+def _read_official(path: str, config) -> dict:
+    """The detectron2-named state of a .pkl or Hugging Face directory, after checking that its architecture
+    (read from the shapes, or config.json) is the configured one."""
+    from model.checkpoint import CheckpointError, architecture_mismatch, infer_model_config, read_detectron2_checkpoint
+    from model.hf_checkpoint import read_hf_checkpoint
 
     try:
-        return read_detectron2_checkpoint(path)
+        if _is_hf_checkpoint(path):
+            state, found = read_hf_checkpoint(path)
+        else:
+            state = read_detectron2_checkpoint(path)
+            found = infer_model_config(state, num_heads=config.model.num_heads)
     except CheckpointError as e:
-        raise ModelLoadError(_first_line(e)) from None
-
-
-def _check_architecture(path: str, state: dict, config) -> None:
-    """Refuses a detectron2 checkpoint whose shapes name other sizes than `config.model`, listing the fixes."""
-    from model.checkpoint import CheckpointError, infer_model_config
-
-    try:
-        found = infer_model_config(state, num_heads=config.model.num_heads)
-    except CheckpointError as e:
-        raise ModelLoadError(f"{path}: {_first_line(e)}") from None
-    # deformable_points is read from sampling_offsets assuming config.model.num_heads; compare their product
-    found_points = found.pop("deformable_points") * config.model.num_heads
-    differ = {k: v for k, v in found.items() if getattr(config.model, k) != v}
-    have = [f"{k}={_as_flag(v)}" for k, v in differ.items()]
-    want = [_as_flag(getattr(config.model, k)) for k in differ]
-    fix = " ".join(f"model.{k}={_as_flag(v)}" for k, v in differ.items())
-    if found_points != config.model.num_heads * config.model.deformable_points:
-        have.append(f"num_heads x deformable_points={found_points}")
-        want.append(str(config.model.num_heads * config.model.deformable_points))
-        fix += " and model.num_heads / model.deformable_points to match"
-    if have:
-        hint = " (or --preset coco_panoptic)" if differ.get("num_classes") == 133 else ""
-        raise ModelLoadError(
-            f"checkpoint {path} has {', '.join(have)} but the config says {', '.join(want)}; "
-            f"pass --set {fix.strip()}{hint}"
-        )
+        raise ModelLoadError(_first_line(e) if str(e).startswith(path) else f"{path}: {_first_line(e)}") from None
+    problem = architecture_mismatch(found, config.model, path)
+    if problem:
+        raise ModelLoadError(problem)
+    return state
 
 
 def _check_keras_class_count(path: str, config) -> None:
@@ -147,10 +154,6 @@ def _check_keras_class_count(path: str, config) -> None:
             f"{config.model.num_classes}; pass --set model.num_classes={shapes[0][0] - 1} "
             "or the config the model was trained with"
         )
-
-
-def _as_flag(value) -> str:
-    return "[" + ",".join(map(str, value)) + "]" if isinstance(value, tuple | list) else str(value)
 
 
 def _first_line(error: Exception) -> str:

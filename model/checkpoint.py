@@ -16,29 +16,162 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import shutil
 import tempfile
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 
+_ZOO = "https://dl.fbaipublicfiles.com/maskformer/mask2former"
+# Every official COCO, Cityscapes and ADE20K Mask2Former (facebookresearch/Mask2Former MODEL_ZOO.md), by
+# `{dataset}_{task}_{backbone}`, with the paper's result; each has a preset of the same name in config.py.
+# The file names end in the first 6 hex digits of the file's md5, which `download` checks.
+ZOO_MODELS = {
+    "coco_instance_r50": ("coco/instance/maskformer2_R50_bs16_50ep/model_final_3c8ec9.pkl", "43.7 AP"),
+    "coco_instance_r101": ("coco/instance/maskformer2_R101_bs16_50ep/model_final_eba159.pkl", "44.2 AP"),
+    "coco_instance_swin_t": ("coco/instance/maskformer2_swin_tiny_bs16_50ep/model_final_86143f.pkl", "45.0 AP"),
+    "coco_instance_swin_s": ("coco/instance/maskformer2_swin_small_bs16_50ep/model_final_1e7f22.pkl", "46.3 AP"),
+    "coco_instance_swin_b": ("coco/instance/maskformer2_swin_base_384_bs16_50ep/model_final_f6e0f6.pkl", "46.7 AP"),
+    "coco_instance_swin_b_in21k": (
+        "coco/instance/maskformer2_swin_base_IN21k_384_bs16_50ep/model_final_83d103.pkl",
+        "48.1 AP",
+    ),
+    "coco_instance_swin_l_in21k": (
+        "coco/instance/maskformer2_swin_large_IN21k_384_bs16_100ep/model_final_e5f453.pkl",
+        "50.1 AP",
+    ),
+    "coco_panoptic_r50": ("coco/panoptic/maskformer2_R50_bs16_50ep/model_final_94dc52.pkl", "51.9 PQ"),
+    "coco_panoptic_r101": ("coco/panoptic/maskformer2_R101_bs16_50ep/model_final_b807bd.pkl", "52.6 PQ"),
+    "coco_panoptic_swin_t": ("coco/panoptic/maskformer2_swin_tiny_bs16_50ep/model_final_9fd0ae.pkl", "53.2 PQ"),
+    "coco_panoptic_swin_s": ("coco/panoptic/maskformer2_swin_small_bs16_50ep/model_final_a407fd.pkl", "54.6 PQ"),
+    "coco_panoptic_swin_b": ("coco/panoptic/maskformer2_swin_base_384_bs16_50ep/model_final_9d7f02.pkl", "55.1 PQ"),
+    "coco_panoptic_swin_b_in21k": (
+        "coco/panoptic/maskformer2_swin_base_IN21k_384_bs16_50ep/model_final_54b88a.pkl",
+        "56.4 PQ",
+    ),
+    "coco_panoptic_swin_l_in21k": (
+        "coco/panoptic/maskformer2_swin_large_IN21k_384_bs16_100ep/model_final_f07440.pkl",
+        "57.8 PQ",
+    ),
+    "cityscapes_panoptic_r50": ("cityscapes/panoptic/maskformer2_R50_bs16_90k/model_final_4ab90c.pkl", "62.1 PQ"),
+    "cityscapes_panoptic_r101": ("cityscapes/panoptic/maskformer2_R101_bs16_90k/model_final_04d286.pkl", "62.4 PQ"),
+    "cityscapes_panoptic_swin_t": (
+        "cityscapes/panoptic/maskformer2_swin_tiny_bs16_90k/model_final_ceba0f.pkl",
+        "63.9 PQ",
+    ),
+    "cityscapes_panoptic_swin_s": (
+        "cityscapes/panoptic/maskformer2_swin_small_bs16_90k/model_final_23efb7.pkl",
+        "64.8 PQ",
+    ),
+    "cityscapes_panoptic_swin_b_in21k": (
+        "cityscapes/panoptic/maskformer2_swin_base_IN21k_384_bs16_90k/model_final_fa840f.pkl",
+        "66.1 PQ",
+    ),
+    "cityscapes_panoptic_swin_l_in21k": (
+        "cityscapes/panoptic/maskformer2_swin_large_IN21k_384_bs16_90k/model_final_064788.pkl",
+        "66.6 PQ",
+    ),
+    "cityscapes_instance_r50": ("cityscapes/instance/maskformer2_R50_bs16_90k/model_final_01a8ed.pkl", "37.4 AP"),
+    "cityscapes_instance_r101": ("cityscapes/instance/maskformer2_R101_bs16_90k/model_final_c2b8c8.pkl", "38.5 AP"),
+    "cityscapes_instance_swin_t": (
+        "cityscapes/instance/maskformer2_swin_tiny_bs16_90k/model_final_6a63f8.pkl",
+        "39.7 AP",
+    ),
+    "cityscapes_instance_swin_s": (
+        "cityscapes/instance/maskformer2_swin_small_bs16_90k/model_final_974824.pkl",
+        "41.8 AP",
+    ),
+    "cityscapes_instance_swin_b_in21k": (
+        "cityscapes/instance/maskformer2_swin_base_IN21k_384_bs16_90k/model_final_7a3b6d.pkl",
+        "42.0 AP",
+    ),
+    "cityscapes_instance_swin_l_in21k": (
+        "cityscapes/instance/maskformer2_swin_large_IN21k_384_bs16_90k/model_final_dfa862.pkl",
+        "43.7 AP",
+    ),
+    "cityscapes_semantic_r50": ("cityscapes/semantic/maskformer2_R50_bs16_90k/model_final_cc1b1f.pkl", "79.4 mIoU"),
+    "cityscapes_semantic_r101": (
+        "cityscapes/semantic/maskformer2_R101_bs16_90k/model_final_257ce8.pkl",
+        "80.1 mIoU",
+    ),
+    "cityscapes_semantic_swin_t": (
+        "cityscapes/semantic/maskformer2_swin_tiny_bs16_90k/model_final_2d58d4.pkl",
+        "82.1 mIoU",
+    ),
+    "cityscapes_semantic_swin_s": (
+        "cityscapes/semantic/maskformer2_swin_small_bs16_90k/model_final_fa26ae.pkl",
+        "82.6 mIoU",
+    ),
+    "cityscapes_semantic_swin_b_in21k": (
+        "cityscapes/semantic/maskformer2_swin_base_IN21k_384_bs16_90k/model_final_1c6b65.pkl",
+        "83.3 mIoU",
+    ),
+    "cityscapes_semantic_swin_l_in21k": (
+        "cityscapes/semantic/maskformer2_swin_large_IN21k_384_bs16_90k/model_final_17c1ee.pkl",
+        "83.3 mIoU",
+    ),
+    "ade20k_panoptic_r50": ("ade20k/panoptic/maskformer2_R50_bs16_160k/model_final_5c90d4.pkl", "39.7 PQ"),
+    "ade20k_panoptic_swin_l_in21k": (
+        "ade20k/panoptic/maskformer2_swin_large_IN21k_384_bs16_160k/model_final_e0c58e.pkl",
+        "48.1 PQ",
+    ),
+    "ade20k_instance_r50": ("ade20k/instance/maskformer2_R50_bs16_160k/model_final_67e945.pkl", "26.4 AP"),
+    "ade20k_instance_swin_l_in21k": (
+        "ade20k/instance/maskformer2_swin_large_IN21k_384_bs16_160k/model_final_92dae9.pkl",
+        "34.9 AP",
+    ),
+    "ade20k_semantic_r50": ("ade20k/semantic/maskformer2_R50_bs16_160k/model_final_500878.pkl", "47.2 mIoU"),
+    "ade20k_semantic_r101": ("ade20k/semantic/maskformer2_R101_bs16_90k/model_final_0d68be.pkl", "47.8 mIoU"),
+    "ade20k_semantic_swin_t": ("ade20k/semantic/maskformer2_swin_tiny_bs16_160k/model_final_5274a6.pkl", "47.7 mIoU"),
+    "ade20k_semantic_swin_s": (
+        "ade20k/semantic/maskformer2_swin_small_bs16_160k/model_final_011c6d.pkl",
+        "51.3 mIoU",
+    ),
+    "ade20k_semantic_swin_b": (
+        "ade20k/semantic/maskformer2_swin_base_384_bs16_160k_res640/model_final_503e96.pkl",
+        "52.4 mIoU",
+    ),
+    "ade20k_semantic_swin_b_in21k": (
+        "ade20k/semantic/maskformer2_swin_base_IN21k_384_bs16_160k_res640/model_final_7e47bf.pkl",
+        "53.9 mIoU",
+    ),
+    "ade20k_semantic_swin_l_in21k": (
+        "ade20k/semantic/maskformer2_swin_large_IN21k_384_bs16_160k_res640/model_final_6b4a3a.pkl",
+        "56.1 mIoU",
+    ),
+}
+
 MODEL_ZOO = {
-    # ImageNet backbones (torchvision weights converted by detectron2; RGB input, stride in the 3x3).
+    # ImageNet R-50 (torchvision weights converted by detectron2; RGB input, stride in the 3x3).
     "R-50": "https://dl.fbaipublicfiles.com/detectron2/ImageNetPretrained/torchvision/R-50.pkl",
-    "R-101": "https://dl.fbaipublicfiles.com/detectron2/ImageNetPretrained/torchvision/R-101.pkl",
-    # Mask2Former model zoo (facebookresearch/Mask2Former MODEL_ZOO.md).
-    "coco_instance_r50": "https://dl.fbaipublicfiles.com/maskformer/mask2former/coco/instance/maskformer2_R50_bs16_50ep/model_final_3c8ec9.pkl",
-    "coco_instance_r101": "https://dl.fbaipublicfiles.com/maskformer/mask2former/coco/instance/maskformer2_R101_bs16_50ep/model_final_eba159.pkl",
-    "coco_panoptic_r50": "https://dl.fbaipublicfiles.com/maskformer/mask2former/coco/panoptic/maskformer2_R50_bs16_50ep/model_final_94dc52.pkl",
-    "ade20k_semantic_r50": "https://dl.fbaipublicfiles.com/maskformer/mask2former/ade20k/semantic/maskformer2_R50_bs16_160k/model_final_500878.pkl",
+    **{name: f"{_ZOO}/{path}" for name, (path, _) in ZOO_MODELS.items()},
+}
+
+# Starting weights the official configs name but that are not published: how to make them.
+NOT_PUBLISHED = {
+    "R-101": (
+        "no R-101.pkl is published for Mask2Former: the official R101 configs start from a local R-101.pkl "
+        "converted from torchvision's resnet101-63fe2227.pth (https://download.pytorch.org/models/"
+        "resnet101-63fe2227.pth) by detectron2's tools/convert-torchvision-to-d2.py "
+        "(python convert-torchvision-to-d2.py resnet101-63fe2227.pth R-101.pkl); make it and pass its path"
+    ),
 }
 
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "mask2former_keras")
 
-# Tensors of official checkpoints that have no counterpart in the network.
-IGNORED_TENSORS = ("criterion.empty_weight", "pixel_mean", "pixel_std")
+# Tensors of official files that have no counterpart in the network: the loss's class weights, the
+# (non-persistent, but present in some files) normalisation buffers, SyncBN step counters (Cityscapes
+# models) and the ImageNet classifier of torchvision backbones.
+IGNORED_TENSORS = re.compile(
+    r"criterion\.empty_weight|pixel_mean|pixel_std|.*\.num_batches_tracked|backbone\.stem\.fc\..*"
+)
+# The released files store the learnable queries under their old name; the official decoder renames
+# them while loading (`MultiScaleMaskedTransformerDecoder._load_from_state_dict`, version < 2).
+LEGACY_NAMES = {"sem_seg_head.predictor.static_query.weight": "sem_seg_head.predictor.query_feat.weight"}
 
 
 class CheckpointError(ValueError):
@@ -100,10 +233,19 @@ def read_detectron2_checkpoint(path: str) -> dict[str, np.ndarray]:
         raise CheckpointError(
             f"{path} is not a readable detectron2 pickle ({type(e).__name__}: {e}); download it again"
         ) from None
-    state = content.get("model", content) if isinstance(content, dict) else None
+    state = content if isinstance(content, dict) else None
+    if state is not None:
+        state = state.get("model", state.get("blobs", state))  # Caffe2 / Detectron1 files hold "blobs"
     if not isinstance(state, dict):
         raise CheckpointError(
             f"{path} holds a {type(content).__name__}, not a dict of tensors; it is not a detectron2 checkpoint"
+        )
+    caffe2 = sorted(n for n in state if _CAFFE2_NAME.match(str(n)))
+    if caffe2:
+        raise CheckpointError(
+            f"{path} holds Caffe2-named MSRA ResNet weights ({', '.join(caffe2[:2])}, ...), which expect BGR "
+            "input and put the stride in the 1x1 conv; Mask2Former starts from the torchvision R-50 "
+            f"(model-zoo name R-50: {MODEL_ZOO['R-50']})"
         )
     tensors = {}
     for name, value in state.items():
@@ -113,7 +255,16 @@ def read_detectron2_checkpoint(path: str) -> dict[str, np.ndarray]:
         if name.startswith("stem.") or name.startswith("res"):
             name = "backbone." + name
         tensors[name] = value
-    return tensors
+    return canonical_names(tensors)
+
+
+# Caffe2 / MSRA ResNet names: conv1_w, res_conv1_bn_s, res2_0_branch2a_w, fc1000_b ...
+_CAFFE2_NAME = re.compile(r"conv1_w$|res_conv1_bn_|res\d+_\d+_branch|fc1000_")
+
+
+def canonical_names(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Renames the legacy names the official loader renames (`static_query` -> `query_feat`)."""
+    return {LEGACY_NAMES.get(name, name): value for name, value in state.items()}
 
 
 # ------------------------------------------------------------------ mapping
@@ -249,6 +400,34 @@ def _entries(model) -> list[_Entry]:
     return entries
 
 
+def group_names(names: Iterable[str], limit: int = 6) -> str:
+    """A short listing of tensor names: runs of numbered modules collapse into one line.
+
+    ["backbone.res4.6.conv1.weight", ..., "backbone.res4.22.shortcut.weight"] -> "backbone.res4.{6..22}.* (255)".
+    """
+    groups: dict[str, list] = {}
+    for name in names:
+        parts = name.split(".")
+        index = next((i for i, p in enumerate(parts) if p.isdigit()), None)
+        if index is None:
+            key, number = (".".join(parts[:-1]) + ".*") if len(parts) > 1 else name, None
+        else:
+            key, number = ".".join(parts[:index]) + ".{}.*", int(parts[index])
+        groups.setdefault(key, []).append((number, name))
+    lines = []
+    for key, members in groups.items():
+        if len(members) <= 2:  # a group of one or two is clearer by name
+            lines += [name for _, name in members]
+            continue
+        indices = sorted({n for n, _ in members if n is not None})
+        if indices:
+            span = str(indices[0]) if len(indices) == 1 else f"{{{indices[0]}..{indices[-1]}}}"
+            key = key.replace("{}", span)
+        lines.append(f"{key} ({len(members)})")
+    more = f", and {len(lines) - limit} more groups" if len(lines) > limit else ""
+    return ", ".join(lines[:limit]) + more
+
+
 @dataclass
 class LoadReport:
     """What a load did: tensors loaded, and those missing, unexpected, mis-shaped or skipped by request."""
@@ -258,6 +437,7 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # (name, expected, found)
     skipped: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # IGNORED_TENSORS found in the file
 
     @property
     def ok(self) -> bool:
@@ -266,13 +446,17 @@ class LoadReport:
     def __str__(self) -> str:
         lines = [f"loaded {len(self.loaded)} tensors"]
         if self.skipped:
-            lines.append(f"skipped on request ({len(self.skipped)}): {', '.join(self.skipped)}")
+            lines.append(f"skipped on request ({len(self.skipped)}): {group_names(self.skipped)}")
         if self.missing:
-            lines.append(f"missing from the checkpoint ({len(self.missing)}): {', '.join(self.missing)}")
-        for name, expected, found in self.mismatched:
+            lines.append(f"missing from the checkpoint ({len(self.missing)}): {group_names(self.missing)}")
+        for name, expected, found in self.mismatched[:6]:
             lines.append(f"wrong shape: {name} is {found} in the checkpoint, the model needs {expected}")
+        if len(self.mismatched) > 6:
+            lines.append(f"wrong shape: {len(self.mismatched) - 6} more tensors")
         if self.unexpected:
-            lines.append(f"unexpected, not used ({len(self.unexpected)}): {', '.join(self.unexpected)}")
+            lines.append(f"unexpected, not used ({len(self.unexpected)}): {group_names(self.unexpected)}")
+        if self.ignored:
+            lines.append(f"ignored, no counterpart in the network: {group_names(self.ignored)}")
         return "\n".join(lines)
 
 
@@ -283,13 +467,16 @@ def load_detectron2_state(
 
     Args:
         model: a built `Mask2Former`.
-        state: name -> array, as returned by `read_detectron2_checkpoint`.
+        state: name -> array, as returned by `read_detectron2_checkpoint` (legacy names are accepted).
         skip_prefixes: names starting with one of these are left at their initial values
             (e.g. `("sem_seg_head.predictor.class_embed",)` to fine-tune on other classes).
-        strict: raise `CheckpointError` (and change nothing) if a tensor is missing or mis-shaped.
-            Backbone-only checkpoints (ImageNet `R-50.pkl`) need `strict=False`.
+        strict: raise `CheckpointError` (and change nothing) if a tensor is missing, mis-shaped or
+            unexpected (one the model has no place for, e.g. the res4.6..22 blocks of an R101 file
+            loaded into an R50 model). Backbone-only checkpoints (ImageNet `R-50.pkl`) need `strict=False`
+            or `skip_prefixes=("sem_seg_head",)`.
     """
     skip_prefixes = tuple(skip_prefixes)
+    state = canonical_names(state)
     report, assignments = LoadReport(), []
     known = set()
     for entry in _entries(model):
@@ -302,8 +489,12 @@ def load_detectron2_state(
             report.mismatched.append((entry.name, entry.shape, tuple(state[entry.name].shape)))
         else:
             assignments.append((entry, state[entry.name]))
-    report.unexpected = sorted(n for n in state if n not in known and n not in IGNORED_TENSORS)
-    if strict and not report.ok:
+    for name in sorted(n for n in state if n not in known):
+        if IGNORED_TENSORS.fullmatch(name):
+            report.ignored.append(name)
+        elif not name.startswith(skip_prefixes):
+            report.unexpected.append(name)
+    if strict and not (report.ok and not report.unexpected):
         raise CheckpointError(f"checkpoint does not fit the model (nothing was loaded):\n{report}")
     for entry, array in assignments:
         for variable, value in zip(entry.variables, entry.to_keras(np.asarray(array)), strict=True):
@@ -328,35 +519,30 @@ def to_detectron2_state(model) -> dict[str, np.ndarray]:
 
 
 def infer_model_config(state: dict[str, np.ndarray], num_heads: int = 8) -> dict:
-    """Architecture sizes read from a checkpoint's shapes (`num_heads` cannot be read; official: 8).
+    """Architecture read from a checkpoint's shapes (`num_heads` cannot be read; official: 8).
 
-    Returns a dict of `ModelConfig` fields.
+    Returns a dict of `ModelConfig` fields: the backbone (`backbone` and the `backbone_*` fields of a
+    ResNet, or the `swin_*` fields of a Swin: width, depths, heads and window from the relative position
+    bias tables), classes, queries, widths and layer counts.
     """
+    state = canonical_names(state)
 
     def count(prefix):
         indices = {int(n[len(prefix) :].split(".")[0]) for n in state if n.startswith(prefix)}
         return max(indices) + 1 if indices else 0
 
-    required = (
-        "sem_seg_head.predictor.class_embed.weight",
-        "sem_seg_head.predictor.query_feat.weight",
-        "backbone.stem.conv1.weight",
-    )
-    for name in required:
+    for name in ("sem_seg_head.predictor.class_embed.weight", "sem_seg_head.predictor.query_feat.weight"):
         if name not in state:
             raise CheckpointError(f"tensor {name} is missing; this is not a full Mask2Former checkpoint")
-    class_weight = state["sem_seg_head.predictor.class_embed.weight"]
     query_feat = state["sem_seg_head.predictor.query_feat.weight"]
     pd = "sem_seg_head.pixel_decoder"
     offsets = state[f"{pd}.transformer.encoder.layers.0.self_attn.sampling_offsets.weight"]
     return {
-        "num_classes": int(class_weight.shape[0]) - 1,
+        "num_classes": int(state["sem_seg_head.predictor.class_embed.weight"].shape[0]) - 1,
         "num_queries": int(query_feat.shape[0]),
+        **infer_backbone_config(state),
         "hidden_dim": int(query_feat.shape[1]),
         "num_heads": num_heads,
-        "backbone_stage_blocks": tuple(count(f"backbone.res{i}.") for i in range(2, 6)),
-        "backbone_stem_channels": int(state["backbone.stem.conv1.weight"].shape[0]),
-        "backbone_res2_channels": int(state["backbone.res2.0.conv3.weight"].shape[0]),
         "decoder_ffn_dim": int(state["sem_seg_head.predictor.transformer_ffn_layers.0.linear1.weight"].shape[0]),
         "num_decoder_layers": count("sem_seg_head.predictor.transformer_ffn_layers."),
         "pixel_decoder_dim": int(state[f"{pd}.mask_features.weight"].shape[1]),
@@ -367,13 +553,136 @@ def infer_model_config(state: dict[str, np.ndarray], num_heads: int = 8) -> dict
     }
 
 
+def infer_backbone_config(state: dict[str, np.ndarray]) -> dict:
+    """The backbone's `ModelConfig` fields from `backbone.*` shapes: a ResNet or a Swin."""
+
+    def count(prefix):
+        indices = {int(n[len(prefix) :].split(".")[0]) for n in state if n.startswith(prefix)}
+        return max(indices) + 1 if indices else 0
+
+    if "backbone.stem.conv1.weight" in state:
+        return {
+            "backbone": "resnet",
+            "backbone_stage_blocks": tuple(count(f"backbone.res{i}.") for i in range(2, 6)),
+            "backbone_stem_channels": int(state["backbone.stem.conv1.weight"].shape[0]),
+            "backbone_res2_channels": int(state["backbone.res2.0.conv3.weight"].shape[0]),
+        }
+    if "backbone.patch_embed.proj.weight" in state:
+        tables = [state[f"backbone.layers.{i}.blocks.0.attn.relative_position_bias_table"] for i in range(4)]
+        return {
+            "backbone": "swin",
+            "swin_embed_dim": int(state["backbone.patch_embed.proj.weight"].shape[0]),
+            "swin_depths": tuple(count(f"backbone.layers.{i}.blocks.") for i in range(4)),
+            "swin_num_heads": tuple(int(t.shape[1]) for t in tables),
+            "swin_window_size": (round(float(np.sqrt(tables[0].shape[0]))) + 1) // 2,  # (2w - 1)^2 rows
+        }
+    raise CheckpointError(
+        "neither backbone.stem.conv1.weight (ResNet) nor backbone.patch_embed.proj.weight (Swin) is in the "
+        "checkpoint; it has no backbone this model knows"
+    )
+
+
+BACKBONE_FIELDS = {
+    "resnet": ("backbone_stage_blocks", "backbone_stem_channels", "backbone_res2_channels"),
+    "swin": ("swin_embed_dim", "swin_depths", "swin_num_heads", "swin_window_size"),
+}
+_RESNETS = {(3, 4, 6, 3): "R50", (3, 4, 23, 3): "R101"}
+_SWINS = {
+    (96, (2, 2, 6, 2), (3, 6, 12, 24)): "Swin-T",
+    (96, (2, 2, 18, 2), (3, 6, 12, 24)): "Swin-S",
+    (128, (2, 2, 18, 2), (4, 8, 16, 32)): "Swin-B",
+    (192, (2, 2, 18, 2), (6, 12, 24, 48)): "Swin-L",
+}
+
+
+def describe_backbone(fields) -> str:
+    """ "R101 (res4 has 23 blocks)", "Swin-L (window 12)", ...: a backbone named by its fields.
+
+    `fields`: a dict of `ModelConfig` fields (as `infer_model_config` returns) or a `ModelConfig`.
+    """
+    get = fields.get if isinstance(fields, dict) else lambda key, default=None: getattr(fields, key, default)
+    if get("backbone", "resnet") == "swin":
+        dim, depths, heads = get("swin_embed_dim"), tuple(get("swin_depths")), tuple(get("swin_num_heads"))
+        name = _SWINS.get((dim, depths, heads), f"a Swin of width {dim}, depths {list(depths)}, heads {list(heads)}")
+        return f"{name} (window {get('swin_window_size')})"
+    blocks = tuple(get("backbone_stage_blocks"))
+    return f"{_RESNETS.get(blocks, 'a ResNet')} (res4 has {blocks[2]} blocks)"
+
+
+def model_architecture(model) -> dict:
+    """`infer_model_config` of a built model's own tensor shapes: its architecture, whatever its backbone."""
+    shapes = {entry.name: SimpleNamespace(shape=entry.shape) for entry in _entries(model)}
+    return infer_model_config(shapes, num_heads=model.num_heads)
+
+
+def architecture_mismatch(found: dict, model_config, source: str, ignore: Iterable[str] = ()) -> str | None:
+    """One sentence saying how checkpoint `source` (fields `found`, from `infer_model_config`) differs from
+    `model_config` (a `ModelConfig`, or a dict such as `model_architecture` returns) and the flags that fix
+    it; None when it fits. Fields in `ignore` are not compared."""
+    if isinstance(model_config, dict):
+        model_config = SimpleNamespace(**model_config)
+    found = {k: v for k, v in found.items() if k not in set(ignore)}
+    # deformable_points is read from sampling_offsets assuming model_config.num_heads: compare the product
+    found_points = found.pop("deformable_points", model_config.deformable_points) * model_config.num_heads
+    differ = {k: v for k, v in found.items() if _as_tuple(getattr(model_config, k, None)) != _as_tuple(v)}
+    have = [f"{k}={_as_flag(v)}" for k, v in differ.items()]
+    want = [_as_flag(getattr(model_config, k, None)) for k in differ]
+    fix = [f"model.{k}={_as_flag(v)}" for k, v in differ.items()]
+    if found_points != model_config.num_heads * model_config.deformable_points:
+        have.append(f"num_heads x deformable_points={found_points}")
+        want.append(str(model_config.num_heads * model_config.deformable_points))
+        fix.append("model.num_heads / model.deformable_points to match")
+    if not have:
+        return None
+    backbone = ""
+    backbone_keys = {"backbone"} | {k for keys in BACKBONE_FIELDS.values() for k in keys}
+    if backbone_keys & set(differ):
+        backbone = (
+            f" (the checkpoint is {describe_backbone(found)}, the configured model {describe_backbone(model_config)})"
+        )
+    presets = _matching_presets(found)
+    hint = f"use --preset {' or '.join(presets[:2])}, or " if presets else ""
+    return (
+        f"checkpoint {source} has {', '.join(have)} but the config says {', '.join(want)}{backbone}; "
+        f"{hint}pass --set {' '.join(fix)}"
+    )
+
+
+def _matching_presets(found: dict) -> list[str]:
+    """Names of the presets whose model has every field of `found` (the zoo names first)."""
+    from config import PRESETS
+
+    matches = []
+    for name, make in PRESETS.items():
+        model_config = make().model
+        if all(_as_tuple(getattr(model_config, k, None)) == _as_tuple(v) for k, v in found.items()):
+            matches.append(name)
+    return sorted(matches, key=lambda n: n not in ZOO_MODELS)
+
+
+def _as_tuple(value):
+    return tuple(value) if isinstance(value, list | tuple) else value
+
+
+def _as_flag(value) -> str:
+    return "[" + ",".join(map(str, value)) + "]" if isinstance(value, tuple | list) else str(value)
+
+
 # ------------------------------------------------------------------ download
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
+def digests_of(path: str) -> tuple[str, str]:
+    """(md5, sha256) hex digests of a file, read once."""
+    md5, sha256 = hashlib.md5(usedforsecurity=False), hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+            md5.update(chunk)
+            sha256.update(chunk)
+    return md5.hexdigest(), sha256.hexdigest()
+
+
+def md5_prefix_of_name(url_or_path: str) -> str | None:
+    """The md5 prefix a model-zoo file name carries (`model_final_3c8ec9.pkl` -> "3c8ec9"), or None."""
+    match = re.search(r"_([0-9a-f]{6})\.pkl$", url_or_path)
+    return match[1] if match else None
 
 
 def download(name_or_url: str, cache_dir: str = DEFAULT_CACHE_DIR, sha256: str | None = None) -> str:
@@ -385,16 +694,25 @@ def download(name_or_url: str, cache_dir: str = DEFAULT_CACHE_DIR, sha256: str |
             file (`<file>.sha256`) and every later use is checked against it, so a corrupted or
             truncated cache entry is caught rather than loaded.
 
-    The file is written to a temporary name and moved into place only when complete and verified.
+    A file name that ends in `_<6 hex digits>.pkl` (every model-zoo file) carries the start of the
+    file's md5: it is checked after the download and for cached files. The file is written to a
+    temporary name and moved into place only when complete and verified.
     """
+    if name_or_url in NOT_PUBLISHED:
+        raise CheckpointError(f"{name_or_url}: {NOT_PUBLISHED[name_or_url]}")
     url = MODEL_ZOO.get(name_or_url, name_or_url)
     if "://" not in url:
         raise ValueError(f"{name_or_url!r} is neither a model-zoo name ({', '.join(MODEL_ZOO)}) nor a URL")
     path = os.path.join(cache_dir, *url.split("://", 1)[1].split("/")[-2:])
-    record = path + ".sha256"
+    record, md5_prefix = path + ".sha256", md5_prefix_of_name(url)
     if os.path.isfile(path):
         expected = sha256 or (open(record).read().strip() if os.path.isfile(record) else None)
-        actual = sha256_of(path)
+        md5, actual = digests_of(path)
+        if md5_prefix is not None and not md5.startswith(md5_prefix):
+            raise CheckpointError(
+                f"cached {path} has md5 {md5}, but its name says it starts with {md5_prefix}; the file is "
+                "damaged or truncated: delete it and download again"
+            )
         if expected is None or actual == expected:
             return path
         raise CheckpointError(f"cached {path} has sha256 {actual}, expected {expected}; delete it and download again")
@@ -403,7 +721,12 @@ def download(name_or_url: str, cache_dir: str = DEFAULT_CACHE_DIR, sha256: str |
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
             shutil.copyfileobj(response, out)
-        actual = sha256_of(tmp)
+        md5, actual = digests_of(tmp)
+        if md5_prefix is not None and not md5.startswith(md5_prefix):
+            raise CheckpointError(
+                f"download of {url} has md5 {md5}, but the file name says it starts with {md5_prefix}; "
+                "the download is damaged or truncated: try again"
+            )
         if sha256 is not None and actual != sha256:
             raise CheckpointError(f"download of {url} has sha256 {actual}, expected {sha256}; try again")
         os.replace(tmp, path)

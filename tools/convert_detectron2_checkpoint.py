@@ -1,10 +1,12 @@
-"""Converts an official detectron2 Mask2Former checkpoint to a self-contained Keras model file.
+"""Converts an official Mask2Former checkpoint to a self-contained Keras model file.
 
     python tools/convert_detectron2_checkpoint.py model_final_3c8ec9.pkl mask2former_r50_coco.keras
     python tools/convert_detectron2_checkpoint.py coco_instance_r50 out.keras      # model-zoo name: downloads
+    python tools/convert_detectron2_checkpoint.py path/to/hf_model out.keras       # model.safetensors + config.json
+    python tools/convert_detectron2_checkpoint.py --list                           # the model zoo (markdown)
 
-The architecture (classes, queries, depths, widths) is read from the checkpoint's shapes. The result
-loads with no other argument:
+The architecture (backbone, classes, queries, depths, widths) is read from the checkpoint's shapes
+(a Hugging Face directory: from its config.json). The result loads with no other argument:
 
     import keras, model   # importing `model` registers the layers
     m = keras.saving.load_model("mask2former_r50_coco.keras")
@@ -17,38 +19,74 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from config import Mask2FormerConfig  # noqa: E402
+from config import PRESETS, Mask2FormerConfig  # noqa: E402
 from model import build_model  # noqa: E402
 from model.checkpoint import (  # noqa: E402
     MODEL_ZOO,
+    NOT_PUBLISHED,
+    ZOO_MODELS,
     CheckpointError,
+    describe_backbone,
     download,
     infer_model_config,
     load_detectron2_state,
     read_detectron2_checkpoint,
 )
+from model.hf_checkpoint import is_hf_checkpoint, read_hf_checkpoint  # noqa: E402
+
+
+def convert_checkpoint(source: str, num_heads: int = 8):
+    """(model, config, load report) for `source`: a .pkl path, a model-zoo name or a Hugging Face directory."""
+    if is_hf_checkpoint(source):
+        state, fields = read_hf_checkpoint(source)
+    else:
+        path = download(source) if source in MODEL_ZOO or source in NOT_PUBLISHED else source
+        state = read_detectron2_checkpoint(path)
+        fields = infer_model_config(state, num_heads=num_heads)
+    config = Mask2FormerConfig()
+    for key, value in fields.items():
+        setattr(config.model, key, value)
+    model = build_model(config.validate())
+    return model, config, load_detectron2_state(model, state)
 
 
 def convert(source: str, output: str, num_heads: int = 8) -> str:
-    """Reads `source` (a .pkl path or a model-zoo name), writes `output` (.keras); returns the load report."""
-    path = download(source) if source in MODEL_ZOO else source
-    state = read_detectron2_checkpoint(path)
-    config = Mask2FormerConfig()
-    for key, value in infer_model_config(state, num_heads=num_heads).items():
-        setattr(config.model, key, value)
-    model = build_model(config.validate())
-    report = load_detectron2_state(model, state)
+    """Converts `source` (see `convert_checkpoint`) and writes `output` (.keras); returns the load report."""
+    model, config, report = convert_checkpoint(source, num_heads)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     model.save(output)
-    return f"{report}\nwrote {output} ({config.model.num_classes} classes, {config.model.num_queries} queries)"
+    m = config.model
+    return (
+        f"{report}\nwrote {output} ({describe_backbone(m)}, {m.num_classes} classes, {m.num_queries} queries, "
+        f"{m.num_decoder_layers} decoder layers)"
+    )
+
+
+def zoo_table() -> str:
+    """The model zoo as a markdown table: name, backbone, task, classes, queries, paper result."""
+    rows = ["| name | backbone | task | classes | queries | paper result |", "|---|---|---|---|---|---|"]
+    for name, (_, result) in ZOO_MODELS.items():
+        config = PRESETS[name]()
+        backbone = describe_backbone(config.model).split(" (")[0] + (" (IN21k)" if name.endswith("_in21k") else "")
+        rows.append(
+            f"| `{name}` | {backbone} | {config.inference.task} | {config.model.num_classes} "
+            f"| {config.model.num_queries} | {result} |"
+        )
+    return "\n".join(rows)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", help=f"detectron2 .pkl file, or a model-zoo name: {', '.join(MODEL_ZOO)}")
-    parser.add_argument("output", help="output .keras file")
+    parser.add_argument("source", nargs="?", help="detectron2 .pkl, model-zoo name, or Hugging Face directory")
+    parser.add_argument("output", nargs="?", help="output .keras file")
     parser.add_argument("--num-heads", type=int, default=8, help="attention heads (not readable from shapes)")
+    parser.add_argument("--list", action="store_true", help="print the model zoo as a markdown table and exit")
     args = parser.parse_args()
+    if args.list:
+        print(zoo_table())
+        return
+    if args.source is None or args.output is None:
+        parser.error("give a source and an output .keras file (or --list)")
     if not args.output.endswith(".keras"):
         parser.error(f"output {args.output} must end in .keras")
     try:

@@ -12,11 +12,10 @@ Needs torch and transformers (`bash setup.sh --dev`).
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 from config import Mask2FormerConfig
+from model.hf_checkpoint import hf_to_detectron2
 
 # Architectures the reference is built in: our model fields and the matching HF settings.
 SIZES = {
@@ -39,113 +38,6 @@ SIZES = {
         "num_labels": 5,
     },
 }
-
-_RULES = [
-    # backbone
-    (r"model\.pixel_level_module\.encoder\.embedder\.embedder\.convolution\.", "backbone.stem.conv1."),
-    (r"model\.pixel_level_module\.encoder\.embedder\.embedder\.normalization\.", "backbone.stem.conv1.norm."),
-    (
-        r"model\.pixel_level_module\.encoder\.encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.convolution\.",
-        "STAGE.\\2.shortcut.",
-    ),
-    (
-        r"model\.pixel_level_module\.encoder\.encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.normalization\.",
-        "STAGE.\\2.shortcut.norm.",
-    ),
-    (
-        r"model\.pixel_level_module\.encoder\.encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.convolution\.",
-        "STAGE.\\2.CONV.",
-    ),
-    (
-        r"model\.pixel_level_module\.encoder\.encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.normalization\.",
-        "STAGE.\\2.CONV.norm.",
-    ),
-    # pixel decoder
-    (r"model\.pixel_level_module\.decoder\.level_embed", "sem_seg_head.pixel_decoder.transformer.level_embed"),
-    (r"model\.pixel_level_module\.decoder\.input_projections\.", "sem_seg_head.pixel_decoder.input_proj."),
-    (
-        r"model\.pixel_level_module\.decoder\.encoder\.layers\.(\d+)\.self_attn_layer_norm\.",
-        "sem_seg_head.pixel_decoder.transformer.encoder.layers.\\1.norm1.",
-    ),
-    (
-        r"model\.pixel_level_module\.decoder\.encoder\.layers\.(\d+)\.final_layer_norm\.",
-        "sem_seg_head.pixel_decoder.transformer.encoder.layers.\\1.norm2.",
-    ),
-    (
-        r"model\.pixel_level_module\.decoder\.encoder\.layers\.(\d+)\.fc(\d)\.",
-        "sem_seg_head.pixel_decoder.transformer.encoder.layers.\\1.linear\\2.",
-    ),
-    (
-        r"model\.pixel_level_module\.decoder\.encoder\.layers\.",
-        "sem_seg_head.pixel_decoder.transformer.encoder.layers.",
-    ),
-    (r"model\.pixel_level_module\.decoder\.mask_projection\.", "sem_seg_head.pixel_decoder.mask_features."),
-    (r"model\.pixel_level_module\.decoder\.(adapter_1|layer_1)\.0\.", "sem_seg_head.pixel_decoder.\\1."),
-    (r"model\.pixel_level_module\.decoder\.(adapter_1|layer_1)\.1\.", "sem_seg_head.pixel_decoder.\\1.norm."),
-    # transformer decoder
-    (r"model\.transformer_module\.queries_embedder\.", "sem_seg_head.predictor.query_embed."),
-    (r"model\.transformer_module\.queries_features\.", "sem_seg_head.predictor.query_feat."),
-    (r"model\.transformer_module\.level_embed\.", "sem_seg_head.predictor.level_embed."),
-    (
-        r"model\.transformer_module\.decoder\.layers\.(\d+)\.self_attn\.out_proj\.",
-        "sem_seg_head.predictor.transformer_self_attention_layers.\\1.self_attn.out_proj.",
-    ),
-    (
-        r"model\.transformer_module\.decoder\.layers\.(\d+)\.self_attn_layer_norm\.",
-        "sem_seg_head.predictor.transformer_self_attention_layers.\\1.norm.",
-    ),
-    (
-        r"model\.transformer_module\.decoder\.layers\.(\d+)\.cross_attn\.",
-        "sem_seg_head.predictor.transformer_cross_attention_layers.\\1.multihead_attn.",
-    ),
-    (
-        r"model\.transformer_module\.decoder\.layers\.(\d+)\.cross_attn_layer_norm\.",
-        "sem_seg_head.predictor.transformer_cross_attention_layers.\\1.norm.",
-    ),
-    (
-        r"model\.transformer_module\.decoder\.layers\.(\d+)\.fc(\d)\.",
-        "sem_seg_head.predictor.transformer_ffn_layers.\\1.linear\\2.",
-    ),
-    (
-        r"model\.transformer_module\.decoder\.layers\.(\d+)\.final_layer_norm\.",
-        "sem_seg_head.predictor.transformer_ffn_layers.\\1.norm.",
-    ),
-    (r"model\.transformer_module\.decoder\.layernorm\.", "sem_seg_head.predictor.decoder_norm."),
-    (
-        r"model\.transformer_module\.decoder\.mask_predictor\.mask_embedder\.(\d)\.0\.",
-        "sem_seg_head.predictor.mask_embed.layers.\\1.",
-    ),
-    (r"class_predictor\.", "sem_seg_head.predictor.class_embed."),
-    (r"criterion\.empty_weight", "criterion.empty_weight"),
-]
-
-
-def hf_to_detectron2(hf_state) -> dict[str, np.ndarray]:
-    """HF state dict (torch tensors) -> detectron2-named numpy arrays, as an official checkpoint."""
-    state = {k: v.detach().cpu().numpy() for k, v in hf_state.items() if not k.endswith("num_batches_tracked")}
-    out, qkv = {}, {}
-    for name, value in state.items():
-        split = re.fullmatch(
-            r"model\.transformer_module\.decoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)", name
-        )
-        if split:
-            qkv.setdefault((int(split[1]), split[3]), {})[split[2]] = value
-            continue
-        for pattern, replacement in _RULES:
-            match = re.match(pattern, name)
-            if match:
-                new = re.sub(pattern, replacement, name, count=1)
-                if "STAGE" in new:
-                    new = new.replace("STAGE", f"backbone.res{int(match[1]) + 2}")
-                    new = new.replace("CONV", f"conv{int(match[3]) + 1}") if "CONV" in new else new
-                out[new] = value
-                break
-        else:
-            raise KeyError(f"no detectron2 name for HF tensor {name}")
-    for (layer, kind), parts in qkv.items():
-        prefix = f"sem_seg_head.predictor.transformer_self_attention_layers.{layer}.self_attn"
-        out[f"{prefix}.in_proj_{kind}"] = np.concatenate([parts["q"], parts["k"], parts["v"]], axis=0)
-    return out
 
 
 def keras_config(size: str) -> Mask2FormerConfig:
