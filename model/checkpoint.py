@@ -7,7 +7,13 @@
     print(report)
 
 A detectron2 `.pkl` is a plain pickle (`{"model": {name: numpy array}}`). A pickle can run code, so
-it is read by an unpickler that accepts containers and numpy arrays only.
+it is read by an unpickler that accepts containers and numpy arrays only. Every name the official
+loader accepts is accepted (the released files' `static_query` is `query_feat`, `LEGACY_NAMES`).
+
+`infer_model_config` reads the whole architecture (ResNet or Swin backbone, classes, queries, widths,
+layers) from a checkpoint's shapes; `architecture_mismatch` says in one sentence how it differs from a
+configured model. `MODEL_ZOO` names every official COCO / ADE20K / Cityscapes checkpoint; `download`
+checks the md5 prefix their file names carry.
 """
 
 from __future__ import annotations

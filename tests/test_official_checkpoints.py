@@ -288,3 +288,45 @@ def test_backbone_load_reports_once_and_consistently(tmp_path):
     message = str(error.value)
     assert "nothing was loaded" in message and "backbone.res5.2.conv3.norm.running_var" in message
     assert "loaded 265" not in message and "\n" not in message
+
+
+def official_swin_shapes(dim, depths, heads, window, num_classes=80, num_queries=100):
+    """Name -> shape of an official D2SwinTransformer Mask2Former (the names listed in the issue)."""
+    shapes = {"backbone.patch_embed.proj.weight": (dim, 3, 4, 4), "backbone.patch_embed.proj.bias": (dim,)}
+    shapes |= {"backbone.patch_embed.norm.weight": (dim,), "backbone.patch_embed.norm.bias": (dim,)}
+    for i, (depth, n_heads) in enumerate(zip(depths, heads, strict=True)):
+        c = dim * 2**i
+        for j in range(depth):
+            p = f"backbone.layers.{i}.blocks.{j}"
+            shapes |= {f"{p}.norm1.weight": (c,), f"{p}.norm1.bias": (c,), f"{p}.norm2.weight": (c,)}
+            shapes |= {f"{p}.attn.relative_position_bias_table": ((2 * window - 1) ** 2, n_heads)}
+            shapes |= {f"{p}.attn.relative_position_index": (window**2, window**2)}
+            shapes |= {f"{p}.attn.qkv.weight": (3 * c, c), f"{p}.attn.proj.weight": (c, c)}
+            shapes |= {f"{p}.mlp.fc1.weight": (4 * c, c), f"{p}.mlp.fc2.weight": (c, 4 * c)}
+        if i < 3:
+            shapes |= {f"backbone.layers.{i}.downsample.reduction.weight": (2 * c, 4 * c)}
+        shapes |= {f"backbone.norm{i}.weight": (c,), f"backbone.norm{i}.bias": (c,)}
+    # the head is the ResNet one with the backbone's channels (res2 = dim: input_proj takes 8, 4, 2 x dim)
+    head = official_shapes((1, 1, 1, 1), num_classes, num_queries, widths={**FULL, "res2": dim})
+    return shapes | {n: s for n, s in head.items() if not n.startswith("backbone.")}
+
+
+@pytest.mark.parametrize(
+    "name, dims, expected, preset",
+    [
+        ("T", (96, (2, 2, 6, 2), (3, 6, 12, 24), 7), "Swin-T (window 7)", "coco_instance_swin_t"),
+        ("L", (192, (2, 2, 18, 2), (6, 12, 24, 48), 12), "Swin-L (window 12)", "coco_instance_swin_l_in21k"),
+    ],
+)
+def test_swin_architecture_is_read_from_the_shapes(name, dims, expected, preset):
+    queries = 200 if name == "L" else 100
+    state = {n: SimpleNamespace(shape=s) for n, s in official_swin_shapes(*dims, num_queries=queries).items()}
+    found = infer_model_config(state)
+    assert describe_backbone(found) == expected
+    assert (found["swin_embed_dim"], found["swin_depths"], found["swin_num_heads"], found["swin_window_size"]) == dims
+    assert architecture_mismatch(found, Mask2FormerConfig.preset(preset).model, "m.pkl") is None
+    message = architecture_mismatch(found, Mask2FormerConfig().model, "m.pkl")
+    assert (
+        f"(the checkpoint is {expected}, the configured model R50 (res4 has 6 blocks)); use --preset {preset}"
+        in message
+    )
