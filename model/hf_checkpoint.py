@@ -168,7 +168,6 @@ def hf_model_fields(hf_config: dict, source: str = "config.json") -> dict:
             "swin_depths": tuple(backbone["depths"]),
             "swin_num_heads": tuple(backbone["num_heads"]),
             "swin_window_size": int(backbone["window_size"]),
-            "swin_drop_path_rate": float(backbone.get("drop_path_rate", 0.3)),
         }
     else:
         raise CheckpointError(f"{source}: backbone {kind!r} is not supported (resnet and swin are)")
