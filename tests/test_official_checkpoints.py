@@ -202,6 +202,17 @@ def test_released_pickle_loads_for_test_py_and_runs(tmp_path, case):
     _check_loaded_and_runs(model, written, num_classes)
 
 
+def test_released_pickle_fine_tunes_on_other_classes(tmp_path):
+    path = tmp_path / "model_final_94dc52.pkl"
+    written = write_released_pickle(path, official_shapes((3, 4, 6, 3), 133, widths=NARROW))
+    model = build_model(narrow_config((3, 4, 6, 3), 12, "instance"))
+    summary = load_for_finetuning(model, str(path))  # train.init_checkpoint
+    assert summary.endswith("class head re-initialised (133 -> 12 classes); ignored criterion.empty_weight")
+    np.testing.assert_array_equal(
+        model.transformer_decoder.query_feat.numpy(), written["sem_seg_head.predictor.static_query.weight"]
+    )
+
+
 def test_converter_writes_the_architecture_it_read(tmp_path):
     path = tmp_path / "model_final_000000.pkl"
     write_released_pickle(path, official_shapes((3, 4, 6, 3), 133, widths=NARROW))
