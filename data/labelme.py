@@ -284,16 +284,26 @@ def class_label_map(record: dict, categories: list[dict]) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ writing (pre-labels)
-def mask_to_polygons(mask: np.ndarray, tolerance: float, min_points: int = 3) -> list[np.ndarray]:
-    """Outer contours of a bool (H, W) mask, simplified with cv2.approxPolyDP(tolerance px): [(N, 2) float]."""
+def mask_to_polygons(mask: np.ndarray, tolerance: float, pixel_edges: bool = False) -> list[np.ndarray]:
+    """Outer contours of a bool (H, W) mask, simplified by cv2.approxPolyDP(tolerance px): [(N, 2) float x, y].
+
+    `pixel_edges=False`: vertices on the boundary pixels' centres, which labelme's rasteriser (PIL fill
+    and outline, pixel i centred at i) turns back into the same pixels. `pixel_edges=True`: pixel i spans
+    [i, i + 1) and vertices lie a quarter pixel inside the mask's edge (contours of the mask upsampled
+    twice), which pycocotools' and CVAT's rasterisers (pixel centre inside) turn back into the same pixels.
+    With tolerance 0 both round trips are exact.
+    """
     import cv2
 
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    scale = 2 if pixel_edges else 1
+    grid = np.repeat(np.repeat(mask.astype(np.uint8), scale, 0), scale, 1)
+    contours, _ = cv2.findContours(grid, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     polygons = []
     for contour in contours:
-        simplified = cv2.approxPolyDP(contour, tolerance, True) if tolerance > 0 else contour
-        if len(simplified) >= min_points:
-            polygons.append(simplified[:, 0, :].astype(np.float64))
+        simplified = cv2.approxPolyDP(contour, tolerance * scale, True) if tolerance > 0 else contour
+        if len(simplified) >= 3:
+            points = simplified[:, 0, :].astype(np.float64)
+            polygons.append((points + 0.5) / 2 if pixel_edges else points)
     return polygons
 
 
