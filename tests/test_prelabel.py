@@ -89,7 +89,7 @@ def test_outputs_read_back_as_labelme_and_cvat(tmp_path):
 
     labelme = read_labelme_dir(str(folder / "images"))
     xml = read_cvat_xml(str(folder / "annotations.xml"), str(folder / "images"))
-    for source, exact in ((labelme, False), (xml, False)):
+    for source in (labelme, xml):
         names = {c["id"]: c["name"] for c in source.coco["categories"]}
         for image in source.coco["images"]:
             predicted = _predicted_masks(folder, Path(image["file_name"]).stem)
@@ -269,7 +269,12 @@ def test_labelme_to_fine_tuned_prelabels_mask_ap(tmp_path):
     config.data.max_instances, config.data.min_size_test, config.data.max_size_test = 4, 64, 64
     config.loss.num_points = 256
     t = config.train
-    t.batch_size, t.max_steps, t.learning_rate, t.mixed_precision = 4, int(os.environ.get("PRELABEL_STEPS", 800)), 1e-3, "float32"
+    t.batch_size, t.max_steps, t.learning_rate, t.mixed_precision = (
+        4,
+        int(os.environ.get("PRELABEL_STEPS", 800)),
+        1e-3,
+        "float32",
+    )
     t.backbone_weights, t.output_dir, t.checkpoint_every, t.log_every = "", str(tmp_path / "run"), 10_000, 50
     assert train(config.validate()).status == "finished"
 
