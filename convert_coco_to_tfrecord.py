@@ -59,7 +59,12 @@ def _add_bool(parser: argparse.ArgumentParser, name: str, default: bool, help_te
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--image_dir", default="", help="folder of the images (file_name is relative to it)")
+    parser.add_argument(
+        "--image_dir",
+        default="",
+        help="folder of the images (file_name is relative to it; with --labelme_dir: "
+        "the folder images must stay inside, default the labelme folder)",
+    )
     parser.add_argument("--object_annotations_file", default="", help="COCO instances JSON")
     parser.add_argument("--panoptic_annotations_file", default="", help="COCO panoptic JSON")
     parser.add_argument("--panoptic_masks_dir", default="", help="folder of the panoptic PNGs")

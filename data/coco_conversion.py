@@ -116,7 +116,7 @@ def _read_tool_source(options: ConversionOptions):
         raise ConversionError("give one annotation source: --labelme_dir, --cvat_xml or COCO JSON files, not several")
     try:
         if options.labelme_dir:
-            return read_labelme_dir(options.labelme_dir, options.labels_file)
+            return read_labelme_dir(options.labelme_dir, options.labels_file, root=options.image_dir)
         if not options.image_dir:
             raise ConversionError("--cvat_xml needs --image_dir (the folder of the task's images)")
         return read_cvat_xml(options.cvat_xml, options.image_dir)

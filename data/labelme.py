@@ -14,7 +14,8 @@ Rules, as labelme's own `labelme2coco.py` / `labelme2voc.py` examples:
   labels found, sorted, ids 1, 2, ...;
 - `__ignore__` shapes are not instances (labelme2coco drops them; the class PNGs mark them 255).
 
-The image comes from `imagePath` (relative to the JSON; it must stay inside the folder), or from
+The image comes from `imagePath` (relative to the JSON; it must stay inside the folder, or the dataset
+folder given as `root`), or from
 `imageData` when that file is absent. labelme is imported only when a folder is read (it pulls in
 Qt and onnxruntime modules, which import headless).
 """
@@ -186,8 +187,12 @@ def read_labelme_file(json_path: Path, root: str) -> dict:
     }
 
 
-def read_labelme_dir(folder: str, labels_file: str = "") -> AnnotationSource:
-    """Every `*.json` of `folder` (labelme files) -> an AnnotationSource (COCO instances with RLE masks)."""
+def read_labelme_dir(folder: str, labels_file: str = "", root: str = "") -> AnnotationSource:
+    """Every `*.json` of `folder` (labelme files) -> an AnnotationSource (COCO instances with RLE masks).
+
+    Images must lie inside `root` (default: `folder`; give the dataset folder when the JSON files sit in
+    their own folder with imagePath "../images/x.jpg"); `file_name`s are relative to it.
+    """
     if not os.path.isdir(folder):
         raise LabelmeError(f"--labelme_dir {folder} is not a folder; give the folder of labelme .json files")
     json_paths = sorted(Path(folder).glob("*.json"))
@@ -198,7 +203,7 @@ def read_labelme_dir(folder: str, labels_file: str = "") -> AnnotationSource:
     records = []
     for json_path in json_paths:
         try:
-            records.append(read_labelme_file(json_path, folder))
+            records.append(read_labelme_file(json_path, root or folder))
         except ValueError as e:
             source.problems.append(Problem("unusable labelme file", str(json_path), str(e)))
     if categories is None:

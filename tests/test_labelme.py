@@ -175,6 +175,9 @@ def test_image_path_outside_the_folder_is_refused(tmp_path):
     (problem,) = source.problems
     assert "a.json" in str(problem) and "'../secret.png' points outside" in str(problem) and "\n" not in str(problem)
     assert source.coco["images"] == []
+    # labelme --output keeps JSON apart from the images: allowed inside the dataset folder given as root
+    allowed = read_labelme_dir(str(folder), root=str(tmp_path / "data"))
+    assert not allowed.problems and allowed.coco["images"][0]["file_name"] == "secret.png"
 
 
 def test_split_holds_out_a_seeded_share(tmp_path):
