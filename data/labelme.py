@@ -98,10 +98,21 @@ def _points(shape: dict) -> np.ndarray:
     return points
 
 
+def _labelme_shape_to_mask():
+    """labelme's own `shape_to_mask`; LabelmeError with the fix when labelme (or its Qt libraries) is missing."""
+    try:
+        from labelme.utils import shape_to_mask
+    except (ImportError, OSError) as e:  # OSError: a system library of PyQt5 (libGL.so.1) is absent
+        raise LabelmeError(
+            f"labelme cannot be imported ({e}); pip install -r requirements.txt, and on a bare Linux image "
+            "apt-get install libgl1 libglib2.0-0"
+        ) from None
+    return shape_to_mask
+
+
 def shape_mask(shape: dict, height: int, width: int) -> np.ndarray:
     """One labelme shape -> bool (height, width), with labelme's own rasteriser; ValueError names the fault."""
-    from labelme.utils import shape_to_mask
-
+    shape_to_mask = _labelme_shape_to_mask()
     shape_type = shape.get("shape_type") or "polygon"
     points = _points(shape)
     if shape_type == "mask":
@@ -150,7 +161,7 @@ def _image_of(json_path: Path, root: str, record: dict) -> tuple[str | None, byt
 def _oriented(path: str | None, data: bytes | None) -> tuple[int, int, bytes | None]:
     """(height, width, bytes to use instead of the file) with EXIF orientation applied as labelme does."""
     with Image.open(path if path is not None else io.BytesIO(data)) as image:
-        if image.getexif().get(0x0112, 1) in (1, None) and data is None:
+        if image.getexif().get(0x0112, 1) in (1, None):
             return image.height, image.width, None
         rotated = ImageOps.exif_transpose(image).convert("RGB")
         buffer = io.BytesIO()
@@ -198,6 +209,7 @@ def read_labelme_dir(folder: str, labels_file: str = "", root: str = "") -> Anno
     json_paths = sorted(Path(folder).glob("*.json"))
     if not json_paths:
         raise LabelmeError(f"--labelme_dir {folder} holds no .json files; labelme saves one beside each image")
+    _labelme_shape_to_mask()  # fail once, before any file is read, when labelme is unusable
     categories = read_labels_file(labels_file) if labels_file else None
     source = AnnotationSource(coco={"images": [], "annotations": [], "categories": []})
     records = []

@@ -223,8 +223,9 @@ def write_labelme_split(folder: Path, spec: SyntheticSpec, split: str, count: in
     return scenes
 
 
-def mask_ap(truth_scenes, names: list[str], source) -> float:
-    """COCO mask AP of a read-back source (score 1 for every instance) against the scenes' things."""
+def mask_ap(truth_scenes, names: list[str], source, predictions: Path) -> float:
+    """COCO mask AP of a read-back source against the scenes' things. The tools keep no score: each read-back
+    instance takes the score of the prediction (predictions/<stem>.json) it overlaps most."""
     images = [{"id": i + 1, "height": s.image.shape[0], "width": s.image.shape[1]} for i, s in enumerate(truth_scenes)]
     truth = []
     for i, scene in enumerate(truth_scenes):
@@ -233,14 +234,21 @@ def mask_ap(truth_scenes, names: list[str], source) -> float:
             truth.append({"id": len(truth) + 1, "image_id": i + 1, "category_id": thing.category_id, "iscrowd": 0,
                           "segmentation": rle, "area": float(thing.mask.sum()), "bbox": list(mask_utils.toBbox(rle))})  # fmt: skip
     source_names = {c["id"]: c["name"] for c in source.coco["categories"]}
-    stems = {im["id"]: int(Path(im["file_name"]).stem) + 1 for im in source.coco["images"]}
-    results = [{"image_id": stems[a["image_id"]], "category_id": names.index(source_names[a["category_id"]]) + 1,
-                "segmentation": a["segmentation"], "score": 1.0} for a in source.coco["annotations"]]  # fmt: skip
+    files = {im["id"]: Path(im["file_name"]).stem for im in source.coco["images"]}
+    results = []
+    for ann in source.coco["annotations"]:
+        stem = files[ann["image_id"]]
+        mask = mask_utils.decode(ann["segmentation"]).astype(bool)
+        scores = [e["score"] for e in json.loads((predictions / f"{stem}.json").read_text())["instances"]]
+        overlaps = [_iou(mask, m.astype(bool)) for _, m in _predicted_masks(predictions.parent, stem)]
+        score = scores[int(np.argmax(overlaps))]
+        results.append({"image_id": int(stem) + 1, "category_id": names.index(source_names[ann["category_id"]]) + 1,
+                        "segmentation": ann["segmentation"], "score": score})  # fmt: skip
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
         gt.dataset = {"images": images, "annotations": truth, "categories": [{"id": k + 1} for k in range(4)]}
         gt.createIndex()
-        evaluator = COCOeval(gt, gt.loadRes(results) if results else COCO(), "segm")
+        evaluator = COCOeval(gt, gt.loadRes(results), "segm")
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
@@ -254,7 +262,8 @@ def test_labelme_to_fine_tuned_prelabels_mask_ap(tmp_path):
     from tests.helpers import tiny_config
     from training.loop import FINAL_WEIGHTS, train
 
-    spec = SyntheticSpec(seed=0, height=64, width=64, min_objects=1, max_objects=3, image_format="png")
+    spec = SyntheticSpec(seed=0, height=64, width=64, min_objects=1, max_objects=2, min_radius=0.15, max_radius=0.3,
+                         image_format="png")  # fmt: skip
     write_labelme_split(tmp_path / "labelled", spec, "train", 48)
     held_out = write_labelme_split(tmp_path / "truth", spec, "val", 16)
     argv = ["--labelme_dir", str(tmp_path / "labelled"), "--output_file_prefix", str(tmp_path / "records" / "train")]
@@ -271,7 +280,7 @@ def test_labelme_to_fine_tuned_prelabels_mask_ap(tmp_path):
     t = config.train
     t.batch_size, t.max_steps, t.learning_rate, t.mixed_precision = (
         4,
-        int(os.environ.get("PRELABEL_STEPS", 800)),
+        int(os.environ.get("PRELABEL_STEPS", 1000)),
         1e-3,
         "float32",
     )
@@ -287,7 +296,8 @@ def test_labelme_to_fine_tuned_prelabels_mask_ap(tmp_path):
                      PrelabelOptions(str(task), batch_size=4), log=lambda _: None)  # fmt: skip
     assert stats.predicted == len(held_out)
     names = list(THING_CLASSES)
-    ap_labelme = mask_ap(held_out, names, read_labelme_dir(str(task / "images")))
-    ap_cvat = mask_ap(held_out, names, read_cvat_xml(str(task / "annotations.xml"), str(task / "images")))
+    ap_labelme = mask_ap(held_out, names, read_labelme_dir(str(task / "images")), task / "predictions")
+    xml = read_cvat_xml(str(task / "annotations.xml"), str(task / "images"))
+    ap_cvat = mask_ap(held_out, names, xml, task / "predictions")
     print(f"held-out mask AP of the pre-labels: read back as labelme {ap_labelme:.3f}, as CVAT {ap_cvat:.3f}")
     assert ap_labelme >= 0.5 and ap_cvat >= 0.5
