@@ -74,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--categories_file", default="", help="JSON with 'categories' for --semantic_masks_dir")
     parser.add_argument("--labelme_dir", default="", help="labelme folder (one .json per image) instead of COCO JSON")
     parser.add_argument("--labels_file", default="", help="labelme labels.txt (default: the labels found, sorted)")
+    parser.add_argument(
+        "--labelme_class_pngs", default="", help="also write labelme2voc class PNGs of --labelme_dir into this folder"
+    )
     parser.add_argument("--cvat_xml", default="", help="CVAT for images 1.1 XML (with --image_dir) instead of COCO")
     parser.add_argument("--val_fraction", type=float, default=0.0, help="share of images held out for validation")
     parser.add_argument("--val_output_file_prefix", default="", help="their shards (default: DIR/val beside PREFIX)")
@@ -88,6 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.image_dir and not args.labelme_dir:
         parser.error("--image_dir is required (except with --labelme_dir, where images sit beside the JSON files)")
+    if args.labelme_class_pngs and not args.labelme_dir:
+        parser.error("--labelme_class_pngs needs --labelme_dir")
     return args
 
 
@@ -123,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nconvert_coco_to_tfrecord.py: {e}", file=sys.stderr)
         return 1
     print(summary(stats))
+    if args.labelme_class_pngs:
+        from data.labelme import write_class_pngs
+
+        write_class_pngs(args.labelme_dir, args.labelme_class_pngs, args.labels_file, args.image_dir)
+        print(f"class PNGs (labelme2voc: 0 background, 255 __ignore__) in {args.labelme_class_pngs}")
     return 0
 
 

@@ -289,15 +289,38 @@ def read_labelme_dir(folder: str, labels_file: str = "", root: str = "") -> Anno
 def class_label_map(record: dict, categories: list[dict]) -> np.ndarray:
     """labelme2voc's class PNG of one file: uint8 (H, W), 0 background, category id, 255 `__ignore__`.
 
-    Shapes are painted in file order (a later shape covers an earlier one), as `labelme.utils.shapes_to_label`.
+    Shapes are painted in file order (a later shape covers an earlier one), as `labelme.utils.shapes_to_label`;
+    malformed shapes (reported by `read_labelme_dir`) are left out.
     """
     ids = {c["name"]: c["id"] for c in categories} | {BACKGROUND_LABEL: 0, IGNORE_LABEL: 255}
     label_map = np.zeros((record["height"], record["width"]), np.uint8)
     for shape in record["shapes"]:
         if (shape.get("shape_type") or "polygon") in SKIPPED_SHAPES or shape.get("label") not in ids:
             continue
-        label_map[shape_mask(shape, record["height"], record["width"])] = ids[shape["label"]]
+        try:
+            label_map[shape_mask(shape, record["height"], record["width"])] = ids[shape["label"]]
+        except (ValueError, TypeError, OSError, SyntaxError):
+            continue
     return label_map
+
+
+def write_class_pngs(folder: str, out_dir: str, labels_file: str = "", root: str = "") -> list[Problem]:
+    """labelme2voc's class PNG (`class_label_map`) of every `*.json` of `folder`, as out_dir/<image stem>.png.
+
+    With the categories.json of the same folder, `convert_coco_to_tfrecord.py --semantic_masks_dir out_dir`
+    stores them for semantic training (0 = `_background_` and 255 = `__ignore__` are then ignored pixels).
+    Returns the problems `read_labelme_dir` reports (unreadable files get no PNG, bad shapes are left out).
+    """
+    source = read_labelme_dir(folder, labels_file, root)
+    os.makedirs(out_dir, exist_ok=True)
+    for json_path in sorted(Path(folder).glob("*.json")):
+        try:
+            record = read_labelme_file(json_path, root or folder)
+        except ValueError:
+            continue
+        label_map = class_label_map(record, source.coco["categories"])
+        Image.fromarray(label_map).save(os.path.join(out_dir, f"{Path(record['file_name']).stem}.png"))
+    return source.problems
 
 
 # ------------------------------------------------------------------ writing (pre-labels)

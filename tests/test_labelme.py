@@ -76,7 +76,7 @@ def test_instance_example_equals_labelme2coco(tmp_path):
     assert len(compared) == 12
 
 
-def test_semantic_example_equals_labelme2voc_class_pngs():
+def test_semantic_example_equals_labelme2voc_class_pngs(tmp_path):
     """Equal to labelme's own `shapes_to_label` (what labelme2voc.py runs) pixel for pixel, and to the
     class PNGs stored in labelme's repository except one edge pixel of 2011_000006 where a person and a
     sofa polygon meet: those PNGs were drawn by an older Pillow (today's labelme gives our value there)."""
@@ -85,12 +85,16 @@ def test_semantic_example_equals_labelme2voc_class_pngs():
 
     categories = read_labels_file(str(SEMANTIC / "labels.txt"))
     label_values = {"__ignore__": -1, "_background_": 0} | {c["name"]: c["id"] for c in categories}
+    argv = ["--labelme_dir", str(SEMANTIC / "data_annotated"), "--labels_file", str(SEMANTIC / "labels.txt")]
+    argv += ["--output_file_prefix", str(tmp_path / "records" / "train"), "--num_shards=1", "--num_workers=1"]
+    assert convert_coco_to_tfrecord.main([*argv, "--labelme_class_pngs", str(tmp_path / "class")]) == 0
     differing = {}
     for json_path in sorted((SEMANTIC / "data_annotated").glob("*.json")):
         record = read_labelme_file(json_path, str(SEMANTIC / "data_annotated"))
         ours = class_label_map(record, categories)
         labelme_now, _ = shapes_to_label((record["height"], record["width"]), record["shapes"], label_values)
         np.testing.assert_array_equal(ours, np.where(labelme_now < 0, 255, labelme_now))  # lblsave: -1 -> 255
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "class" / f"{json_path.stem}.png")), ours)
         stored = np.asarray(Image.open(SEMANTIC / "data_dataset_voc" / "SegmentationClass" / f"{json_path.stem}.png"))
         differing[json_path.stem] = int((ours != stored).sum())
     print("pixels differing from labelme's stored class PNGs:", differing)
