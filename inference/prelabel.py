@@ -14,7 +14,8 @@ The folder is the annotation task, read and written in place (nothing outside it
                                    category, score) plus the tool label; written last (temp + rename), so it
                                    is the checkpoint: a rerun skips these images and redoes nothing
 
-Labelled images (shapes in annotations.xml or in a labelme file not written by us) are not predicted.
+Labelled images (shapes in annotations.xml or in a labelme file not written by us) are not predicted, and
+shapes already in annotations.xml are never replaced (a rerun after corrections in CVAT keeps them).
 `label_map` renames model classes to the tool's labels (a class mapped to "" is dropped); polygons are
 simplified with cv2.approxPolyDP(`tolerance` px).
 """
@@ -84,8 +85,8 @@ def _has_shapes(labelme_path: Path) -> bool:
         return False
 
 
-def _plan(options: PrelabelOptions, root) -> tuple[list[Path], list[Path], list[Path], list[Path]]:
-    """(all images, images to predict, images already predicted, labelled images kept)."""
+def _plan(options: PrelabelOptions, root) -> tuple[list[Path], list[Path], list[Path], set[str]]:
+    """(images to predict, images already predicted, labelled images kept, names with shapes in the XML)."""
     images_dir = Path(options.folder) / "images"
     if not images_dir.is_dir():
         raise PrelabelError(f"{options.folder} has no images/ folder; put the images to pre-label in {images_dir}")
@@ -94,7 +95,9 @@ def _plan(options: PrelabelOptions, root) -> tuple[list[Path], list[Path], list[
         raise PrelabelError(f"{images_dir} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     stems = [p.stem for p in images]
     if len(set(stems)) != len(stems):
-        raise PrelabelError(f"{images_dir} has two images with one name stem; rename one (x.jpg and x.png share x.json)")
+        raise PrelabelError(
+            f"{images_dir} has two images with one name stem; rename one (x.jpg and x.png share x.json)"
+        )
     labelled_in_xml = set()
     if root is not None:
         labelled_in_xml = {os.path.basename(im.get("name", "")) for im in root.findall("image") if len(im)}
@@ -107,7 +110,7 @@ def _plan(options: PrelabelOptions, root) -> tuple[list[Path], list[Path], list[
             kept.append(image)
         else:
             todo.append(image)
-    return images, todo, done, kept
+    return todo, done, kept, labelled_in_xml
 
 
 def _record(result, image: Path, categories, options: PrelabelOptions) -> dict:
@@ -175,7 +178,7 @@ def prelabel(predictor, categories, options: PrelabelOptions, log=print) -> Prel
         root = cvat.parse_xml(str(xml_path)) if xml_path.exists() else None
     except cvat.CvatError as e:
         raise PrelabelError(str(e)) from None
-    images, todo, done, kept = _plan(options, root)
+    todo, done, kept, labelled_in_xml = _plan(options, root)
     stats = PrelabelStats(resumed=len(done), kept=len(kept))
     for sub in ("visuals", "predictions"):
         (folder / sub).mkdir(exist_ok=True)
@@ -189,7 +192,10 @@ def prelabel(predictor, categories, options: PrelabelOptions, log=print) -> Prel
             if not isinstance(result, InstanceResult):
                 raise PrelabelError("pre-labelling needs instance results; run with --set inference.task=instance")
             record = _record(result, path, categories, options)
-            _write_image(folder / "visuals" / f"{path.stem}.png", draw_instances(rgb, result, categories.names, options.score_threshold))
+            _write_image(
+                folder / "visuals" / f"{path.stem}.png",
+                draw_instances(rgb, result, categories.names, options.score_threshold),
+            )
             write_labelme_file(
                 str(path.with_suffix(".json")), path.name, record["height"], record["width"],
                 _labelme_shapes(record, options.tolerance),
@@ -208,6 +214,8 @@ def prelabel(predictor, categories, options: PrelabelOptions, log=print) -> Prel
         if added:
             log(f"annotations.xml: labels {added} added to <meta>; create them in the CVAT task before uploading")
     for image in [*done, *todo]:
+        if image.name in labelled_in_xml:  # shapes in the XML (corrected, or an earlier run's): kept
+            continue
         record = json.loads((folder / "predictions" / f"{image.stem}.json").read_text())
         _add_cvat_shapes(root, record, options)
     cvat.write_document(root, str(xml_path))

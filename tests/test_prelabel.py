@@ -136,6 +136,15 @@ def test_existing_task_label_map_and_resume(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in (folder / "predictions").iterdir()} == before
     assert ET.tostring(ET.parse(folder / "annotations.xml").getroot()) == ET.tostring(root)
 
+    corrected = ET.parse(folder / "annotations.xml")  # an annotator deletes shapes of im1 in CVAT
+    image = next(i for i in corrected.getroot().findall("image") if i.get("name") == "im1.png")
+    for shape in list(image)[1:]:
+        image.remove(shape)
+    corrected.write(folder / "annotations.xml")
+    prelabel(_band_predictor(), THINGS, options, log=lambda _: None)
+    image = next(i for i in ET.parse(folder / "annotations.xml").getroot().iter("image") if i.get("name") == "im1.png")
+    assert len(image) == 1  # corrections are never overwritten by predictions
+
     with pytest.raises(PrelabelError, match="not classes of the model"):
         prelabel(_band_predictor(), THINGS, PrelabelOptions(str(folder), label_map={"cat": "x"}))
 
