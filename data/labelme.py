@@ -122,6 +122,8 @@ def shape_mask(shape: dict, height: int, width: int) -> np.ndarray:
         if patch.ndim != 2 or len(points) != 2:
             raise ValueError("mask shape needs a one-channel PNG and points [top-left, bottom-right]")
         (x1, y1), (x2, y2) = points.astype(int)
+        if min(x1, y1) < 0:
+            raise ValueError(f"mask box starts at ({x1}, {y1}), outside the image")
         if patch.shape != (y2 - y1 + 1, x2 - x1 + 1):
             raise ValueError(
                 f"mask PNG is {patch.shape[1]}x{patch.shape[0]} but its box is {x2 - x1 + 1}x{y2 - y1 + 1}"
