@@ -20,6 +20,13 @@ ADE20K (label PNG pixel = category id; pixels of unlisted ids, e.g. 0, are ignor
         --semantic_masks_dir=ADEChallengeData2016/annotations/training \
         --categories_file=ade20k_categories.json --output_file_prefix=datasets/ade20k/tfrecords/train
 
+labelme or CVAT annotations (COCO JSON of them written as PREFIX.json; 10% held out as DIR/val-*):
+
+    python convert_coco_to_tfrecord.py --labelme_dir=mydata/images --labels_file=mydata/labels.txt \
+        --output_file_prefix=datasets/mydata/train --num_shards=8 --val_fraction=0.1
+    python convert_coco_to_tfrecord.py --cvat_xml=mydata/annotations.xml --image_dir=mydata/images \
+        --output_file_prefix=datasets/mydata/train --num_shards=8 --val_fraction=0.1
+
 It prints one line per piece of bad input (`skipped (kind): file: reason`) and a summary with the
 counts; `--strict` stops at the first one instead. Exit status: 0 done, 1 stopped on bad input.
 """
@@ -52,7 +59,12 @@ def _add_bool(parser: argparse.ArgumentParser, name: str, default: bool, help_te
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--image_dir", required=True, help="folder of the images (file_name is relative to it)")
+    parser.add_argument(
+        "--image_dir",
+        default="",
+        help="folder of the images (file_name is relative to it; with --labelme_dir: "
+        "the folder images must stay inside, default the labelme folder)",
+    )
     parser.add_argument("--object_annotations_file", default="", help="COCO instances JSON")
     parser.add_argument("--panoptic_annotations_file", default="", help="COCO panoptic JSON")
     parser.add_argument("--panoptic_masks_dir", default="", help="folder of the panoptic PNGs")
@@ -60,6 +72,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--caption_annotations_file", default="", help="accepted for compatibility; ignored")
     parser.add_argument("--semantic_masks_dir", default="", help="folder of label PNGs named like the images")
     parser.add_argument("--categories_file", default="", help="JSON with 'categories' for --semantic_masks_dir")
+    parser.add_argument("--labelme_dir", default="", help="labelme folder (one .json per image) instead of COCO JSON")
+    parser.add_argument("--labels_file", default="", help="labelme labels.txt (default: the labels found, sorted)")
+    parser.add_argument(
+        "--labelme_class_pngs", default="", help="also write labelme2voc class PNGs of --labelme_dir into this folder"
+    )
+    parser.add_argument("--cvat_xml", default="", help="CVAT for images 1.1 XML (with --image_dir) instead of COCO")
+    parser.add_argument("--val_fraction", type=float, default=0.0, help="share of images held out for validation")
+    parser.add_argument("--val_output_file_prefix", default="", help="their shards (default: DIR/val beside PREFIX)")
+    parser.add_argument("--split_seed", type=int, default=0, help="seed of the train/val split")
     parser.add_argument("--output_file_prefix", required=True, help="shards are PREFIX-00000-of-NNNNN.tfrecord")
     parser.add_argument("--num_shards", type=int, default=32)
     parser.add_argument("--num_workers", type=int, default=0, help="worker processes (0 = one per CPU core)")
@@ -67,7 +88,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     _add_bool(parser, "include_panoptic_masks", True, "store the category and instance PNGs")
     _add_bool(parser, "panoptic_skip_crowd", False, "leave crowd segments out of the panoptic masks")
     _add_bool(parser, "strict", False, "stop at the first piece of bad input instead of skipping it")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.image_dir and not args.labelme_dir:
+        parser.error("--image_dir is required (except with --labelme_dir, where images sit beside the JSON files)")
+    if args.labelme_class_pngs and not args.labelme_dir:
+        parser.error("--labelme_class_pngs needs --labelme_dir")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         num_shards=args.num_shards,
         num_workers=args.num_workers,
         strict=args.strict,
+        labelme_dir=args.labelme_dir,
+        labels_file=args.labels_file,
+        cvat_xml=args.cvat_xml,
+        val_fraction=args.val_fraction,
+        val_output_file_prefix=args.val_output_file_prefix,
+        split_seed=args.split_seed,
     )
     try:
         stats = convert(options)
@@ -96,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nconvert_coco_to_tfrecord.py: {e}", file=sys.stderr)
         return 1
     print(summary(stats))
+    if args.labelme_class_pngs:
+        from data.labelme import write_class_pngs
+
+        write_class_pngs(args.labelme_dir, args.labelme_class_pngs, args.labels_file, args.image_dir)
+        print(f"class PNGs (labelme2voc: 0 background, 255 __ignore__) in {args.labelme_class_pngs}")
     return 0
 
 

@@ -1,8 +1,13 @@
-"""COCO instances, COCO panoptic and semantic label PNGs to sharded TFRecords.
+"""COCO instances, COCO panoptic, semantic label PNGs, labelme folders and CVAT XML to sharded TFRecords.
 
 `convert_coco_to_tfrecord.py` is the command line; this module does the work so tests can call it:
 
     stats = convert(ConversionOptions(image_dir=..., object_annotations_file=..., output_file_prefix=...))
+    stats = convert(ConversionOptions(labelme_dir="mydata", output_file_prefix=..., val_fraction=0.1))
+
+labelme folders (`data/labelme.py`) and CVAT XML (`data/cvat.py`) are read into COCO instances in memory;
+that COCO JSON is also written as `PREFIX.json` (for `test_map.py --gt`). `val_fraction` holds out a
+seeded random share of the images into `val_output_file_prefix` shards (default: `val` beside PREFIX).
 
 Worker processes build one `tf.train.Example` per image; the main process writes example i to
 shard i % num_shards (as Model Garden does), so the output does not depend on the worker count.
@@ -51,6 +56,17 @@ class ConversionOptions:
     num_workers: int = 0  # 0 = one per CPU core
     strict: bool = False
     progress: bool = True
+    labelme_dir: str = ""  # labelme folder (one JSON per image) instead of a COCO JSON
+    labels_file: str = ""  # labelme labels.txt (default: the labels found, sorted)
+    cvat_xml: str = ""  # CVAT for images 1.1 XML; images under image_dir
+    val_fraction: float = 0.0  # share of the images held out for validation
+    val_output_file_prefix: str = ""  # their shards (default: DIR/val beside output_file_prefix)
+    split_seed: int = 0
+
+
+def val_prefix(options: ConversionOptions) -> str:
+    """Where held-out images go: the flag, or `val` in the output folder."""
+    return options.val_output_file_prefix or os.path.join(os.path.dirname(options.output_file_prefix), "val")
 
 
 @dataclasses.dataclass
@@ -60,6 +76,8 @@ class ConversionStats:
     max_instances: int = 0  # most non-crowd instances (or segments) in one image
     problems: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     shards: list[str] = dataclasses.field(default_factory=list)
+    images_per_split: dict = dataclasses.field(default_factory=dict)  # "train"/"val" -> images written
+    notes: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # shapes left out on purpose
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,16 +103,41 @@ def _load_json(path: str) -> dict:
         raise ConversionError(f"annotation file {path} is not valid JSON ({e}); re-export it") from None
 
 
-def _plan(options: ConversionOptions) -> tuple[list[dict], Categories, Categories | None, list[Problem]]:
-    """Per-image tasks, the category list (plus the instance one when both sources are given), problems."""
+def _read_tool_source(options: ConversionOptions):
+    """The labelme folder or CVAT XML as an AnnotationSource; ConversionError for unusable input."""
+    from data.cvat import CvatError, read_cvat_xml
+    from data.labelme import LabelmeError, read_labelme_dir
+
+    if (
+        options.object_annotations_file
+        or options.panoptic_annotations_file
+        or (options.labelme_dir and options.cvat_xml)
+    ):
+        raise ConversionError("give one annotation source: --labelme_dir, --cvat_xml or COCO JSON files, not several")
+    try:
+        if options.labelme_dir:
+            return read_labelme_dir(options.labelme_dir, options.labels_file, root=options.image_dir)
+        if not options.image_dir:
+            raise ConversionError("--cvat_xml needs --image_dir (the folder of the task's images)")
+        return read_cvat_xml(options.cvat_xml, options.image_dir)
+    except (LabelmeError, CvatError) as e:
+        raise ConversionError(str(e)) from None
+
+
+def _plan(options: ConversionOptions) -> tuple[list[dict], Categories, Categories | None, list[Problem], object]:
+    """Per-image tasks, the category list (plus the instance one when both sources are given), problems,
+    and the labelme / CVAT AnnotationSource (None for COCO files)."""
     images: dict[int, dict] = {}
     problems: list[Problem] = []
     object_annotations: dict[int, list[dict]] = collections.defaultdict(list)
     panoptic_annotations: dict[int, dict] = {}
     categories = instance_categories = None
+    source = _read_tool_source(options) if options.labelme_dir or options.cvat_xml else None
+    annotation_name = options.labelme_dir or options.cvat_xml or options.object_annotations_file
 
-    if options.object_annotations_file:
-        data = _load_json(options.object_annotations_file)
+    if options.object_annotations_file or source is not None:
+        data = source.coco if source is not None else _load_json(options.object_annotations_file)
+        problems.extend(source.problems if source is not None else ())
         images.update({int(im["id"]): im for im in data.get("images", [])})
         instance_categories = Categories.from_coco(data.get("categories", []))
         for ann in data.get("annotations", []):
@@ -102,7 +145,7 @@ def _plan(options: ConversionOptions) -> tuple[list[dict], Categories, Categorie
                 problems.append(
                     Problem(
                         "annotation for a missing image",
-                        options.object_annotations_file,
+                        annotation_name,
                         f"annotation {ann.get('id')} refers to image id {ann['image_id']}, which is not in 'images'",
                     )
                 )
@@ -151,10 +194,15 @@ def _plan(options: ConversionOptions) -> tuple[list[dict], Categories, Categorie
             "image_id": image_id,
             "info": info,
             "image_path": os.path.join(options.image_dir, info["file_name"]),
-            "objects": object_annotations.get(image_id, []) if options.object_annotations_file else None,
+            "image_bytes": None,
+            "source": annotation_name,
+            "objects": object_annotations.get(image_id, []) if annotation_name else None,
             "panoptic": None,
             "semantic_path": None,
         }
+        if source is not None:
+            task["image_path"] = source.image_paths.get(image_id, info["file_name"])
+            task["image_bytes"] = source.image_bytes.get(image_id)
         if image_id in panoptic_annotations:
             ann = panoptic_annotations[image_id]
             task["panoptic"] = {
@@ -165,7 +213,7 @@ def _plan(options: ConversionOptions) -> tuple[list[dict], Categories, Categorie
             stem = os.path.splitext(os.path.basename(info["file_name"]))[0]
             task["semantic_path"] = os.path.join(options.semantic_masks_dir, stem + ".png")
         tasks.append(task)
-    return tasks, categories, instance_categories if options.panoptic_annotations_file else None, problems
+    return tasks, categories, instance_categories if options.panoptic_annotations_file else None, problems, source
 
 
 # ------------------------------------------------------------ one image each
@@ -177,10 +225,11 @@ def _init_worker(category_ids: set[int], options: ConversionOptions) -> None:
     _WORKER["options"] = options
 
 
-def _read_image(path: str) -> tuple[bytes, str, int, int]:
+def _read_image(path: str, encoded: bytes | None = None) -> tuple[bytes, str, int, int]:
     """Encoded bytes (JPEG/PNG kept as they are, others re-encoded as PNG), format, height, width."""
-    with open(path, "rb") as f:
-        encoded = f.read()
+    if encoded is None:
+        with open(path, "rb") as f:
+            encoded = f.read()
     with Image.open(io.BytesIO(encoded)) as image:
         image.load()  # raises on truncated or corrupt data
         image_format, mode, (width, height) = image.format, image.mode, image.size
@@ -256,7 +305,7 @@ def _object_features(task: dict, height: int, width: int, problems: list[Problem
     import tensorflow as tf
 
     options: ConversionOptions = _WORKER["options"]
-    source = f"{options.object_annotations_file} (image {task['info']['file_name']})"
+    source = f"{task['source']} (image {task['info']['file_name']})"
     columns = collections.defaultdict(list)
     for ann in task["objects"]:
         where = f"{source}, annotation {ann.get('id')}"
@@ -356,7 +405,7 @@ def _convert_image(task: dict) -> tuple[bytes | None, list[Problem], int]:
     problems: list[Problem] = []
     info = task["info"]
     try:
-        encoded, image_format, height, width = _read_image(task["image_path"])
+        encoded, image_format, height, width = _read_image(task["image_path"], task["image_bytes"])
     except (OSError, ValueError, SyntaxError) as e:
         return None, [Problem("unreadable image", task["image_path"], f"{type(e).__name__}: {e}")], 0
     if (int(info.get("height", height)), int(info.get("width", width))) != (height, width):
@@ -401,6 +450,30 @@ def _convert_image(task: dict) -> tuple[bytes | None, list[Problem], int]:
 
 
 # ---------------------------------------------------------------------- run
+def split_tasks(tasks: list[dict], fraction: float, seed: int) -> list[str]:
+    """ "train" or "val" per task: round(fraction * N) images (at least 1 when fraction > 0), seeded."""
+    if not 0.0 <= fraction < 1.0:
+        raise ConversionError(f"--val_fraction must be in [0, 1), got {fraction}")
+    held_out = 0 if fraction == 0 else max(1, round(fraction * len(tasks)))
+    if fraction and held_out >= len(tasks):
+        raise ConversionError(f"--val_fraction {fraction} leaves no training image out of {len(tasks)}")
+    chosen = set(np.random.default_rng(seed).permutation(len(tasks))[:held_out].tolist())
+    return ["val" if i in chosen else "train" for i in range(len(tasks))]
+
+
+def _write_coco_subset(coco: dict, image_ids: set[int], path: str) -> None:
+    """The COCO instances JSON of some images (what a labelme / CVAT source was read as)."""
+    subset = {
+        "images": [im for im in coco["images"] if im["id"] in image_ids],
+        "annotations": [a for a in coco["annotations"] if a["image_id"] in image_ids],
+        "categories": coco["categories"],
+    }
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(subset, f)
+    os.replace(tmp, path)
+
+
 def convert(options: ConversionOptions, log=None) -> ConversionStats:
     """Converts everything `options` names; returns counts. Raises ConversionError on bad input if strict."""
     import tensorflow as tf
@@ -410,8 +483,18 @@ def convert(options: ConversionOptions, log=None) -> ConversionStats:
         log = lambda line: print(clear + line, file=sys.stderr, flush=True)  # noqa: E731
     if options.num_shards < 1:
         raise ConversionError(f"--num_shards must be >= 1, got {options.num_shards}")
-    tasks, categories, instance_categories, problems = _plan(options)
+    tasks, categories, instance_categories, problems, source = _plan(options)
+    splits = split_tasks(tasks, options.val_fraction, options.split_seed)
+    prefixes = {"train": options.output_file_prefix}
+    num_shards = {"train": options.num_shards}
+    if options.val_fraction:
+        prefixes["val"] = val_prefix(options)
+        num_shards["val"] = max(1, round(options.num_shards * options.val_fraction))
+        if os.path.abspath(prefixes["val"]) == os.path.abspath(prefixes["train"]):
+            raise ConversionError(f"--val_output_file_prefix {prefixes['val']} is the training prefix; give another")
     stats = ConversionStats()
+    if source is not None:
+        stats.notes.update(source.notes)
 
     def report(found: Iterable[Problem]) -> None:
         for problem in found:
@@ -423,12 +506,15 @@ def convert(options: ConversionOptions, log=None) -> ConversionStats:
             log(str(problem))
 
     report(problems)
-    output_dir = os.path.dirname(os.path.abspath(options.output_file_prefix))
-    os.makedirs(output_dir, exist_ok=True)
-    stats.shards = [
-        fmt.shard_path(options.output_file_prefix, i, options.num_shards) for i in range(options.num_shards)
-    ]
-    writers = [tf.io.TFRecordWriter(path) for path in stats.shards]
+    output_dirs = sorted({os.path.dirname(os.path.abspath(prefix)) for prefix in prefixes.values()})
+    for output_dir in output_dirs:
+        os.makedirs(output_dir, exist_ok=True)
+    writers = {}
+    for split, prefix in prefixes.items():
+        paths = [fmt.shard_path(prefix, i, num_shards[split]) for i in range(num_shards[split])]
+        stats.shards += paths
+        writers[split] = [tf.io.TFRecordWriter(path) for path in paths]
+        stats.images_per_split[split] = 0
     progress = None
     if options.progress:
         import keras
@@ -440,25 +526,33 @@ def convert(options: ConversionOptions, log=None) -> ConversionStats:
     category_ids = set(categories.ids) | set(instance_categories.ids if instance_categories else ())
     try:
         with context.Pool(workers, initializer=_init_worker, initargs=(category_ids, options)) as pool:
-            for done, (serialized, found, instances) in enumerate(
-                pool.imap(_convert_image_safely, tasks, chunksize=4), 1
+            for done, (split, (serialized, found, instances)) in enumerate(
+                zip(splits, pool.imap(_convert_image_safely, tasks, chunksize=4), strict=True), 1
             ):
                 report(found)
                 if serialized is None:
                     stats.images_skipped += 1
                 else:
-                    writers[stats.images_written % options.num_shards].write(serialized)
+                    written = stats.images_per_split[split]
+                    writers[split][written % num_shards[split]].write(serialized)
+                    stats.images_per_split[split] += 1
                     stats.images_written += 1
                     stats.max_instances = max(stats.max_instances, instances)
                 if progress is not None:
                     progress.update(done)
     finally:
-        for writer in writers:
-            writer.close()
+        for split_writers in writers.values():
+            for writer in split_writers:
+                writer.close()
 
-    categories.save(os.path.join(output_dir, "categories.json"))
-    if instance_categories is not None:
-        instance_categories.save(os.path.join(output_dir, "instance_categories.json"))
+    for output_dir in output_dirs:
+        categories.save(os.path.join(output_dir, "categories.json"))
+        if instance_categories is not None:
+            instance_categories.save(os.path.join(output_dir, "instance_categories.json"))
+    if source is not None:
+        for split, prefix in prefixes.items():
+            ids = {task["image_id"] for task, s in zip(tasks, splits, strict=True) if s == split}
+            _write_coco_subset(source.coco, ids, f"{prefix}.json")
     return stats
 
 
@@ -469,6 +563,10 @@ def summary(stats: ConversionStats) -> str:
         f"({stats.shards[0] if stats.shards else ''} ...); most instances in one image: {stats.max_instances} "
         "(keep data.max_instances at least this)",
     ]
+    if len(stats.images_per_split) > 1:
+        lines.append(", ".join(f"{split}: {n} images" for split, n in stats.images_per_split.items()))
+    if stats.notes:
+        lines.append("notes: " + ", ".join(f"{n} {what}" for what, n in sorted(stats.notes.items())))
     if stats.problems or stats.images_skipped:
         counts = ", ".join(f"{n} {kind}" for kind, n in sorted(stats.problems.items()))
         lines.append(f"skipped {stats.images_skipped} images; bad input: {counts}")
