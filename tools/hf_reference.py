@@ -38,7 +38,51 @@ SIZES = {
         },
         "num_labels": 5,
     },
+    # Official Swin-T COCO model (47.4M parameters with 133 classes).
+    "swin_t": {"model": {"backbone": "swin"}, "num_labels": 80},
+    # Swin-L-shaped (window 12, head width 32, deep third stage) but narrow and shallow, tiny decoder.
+    "swin_l_small": {
+        "model": {
+            "backbone": "swin",
+            "swin_embed_dim": 64,
+            "swin_depths": (2, 2, 4, 2),
+            "swin_num_heads": (2, 4, 8, 16),
+            "swin_window_size": 12,
+            "num_classes": 5,
+            "num_queries": 20,
+            "hidden_dim": 64,
+            "num_heads": 4,
+            "decoder_ffn_dim": 128,
+            "pixel_decoder_dim": 64,
+            "mask_dim": 64,
+            "encoder_layers": 2,
+            "encoder_ffn_dim": 128,
+            "num_decoder_layers": 3,
+        },
+        "num_labels": 5,
+    },
 }
+
+_SWIN = r"model\.pixel_level_module\.encoder\.swin\."
+# HF Swin -> official D2SwinTransformer names (q/k/v are stacked into `qkv` separately).
+_SWIN_RULES = [
+    (_SWIN + r"embeddings\.patch_embeddings\.projection\.", "backbone.patch_embed.proj."),
+    (_SWIN + r"embeddings\.norm\.", "backbone.patch_embed.norm."),
+    (
+        _SWIN + r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.relative_position_bias\.",
+        "backbone.layers.\\1.blocks.\\2.attn.",
+    ),
+    (
+        _SWIN + r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.o_proj\.",
+        "backbone.layers.\\1.blocks.\\2.attn.proj.",
+    ),
+    (_SWIN + r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.layernorm_before\.", "backbone.layers.\\1.blocks.\\2.norm1."),
+    (_SWIN + r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.layernorm_after\.", "backbone.layers.\\1.blocks.\\2.norm2."),
+    (_SWIN + r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.mlp\.", "backbone.layers.\\1.blocks.\\2.mlp."),
+    (_SWIN + r"encoder\.layers\.(\d+)\.downsample\.", "backbone.layers.\\1.downsample."),
+]
+# HF's SwinModel keeps a final `layernorm` that its backbone never applies; the official model has none.
+_HF_UNUSED = (r"model\.pixel_level_module\.encoder\.swin\.layernorm\.",)
 
 _RULES = [
     # backbone
@@ -123,15 +167,28 @@ _RULES = [
 def hf_to_detectron2(hf_state) -> dict[str, np.ndarray]:
     """HF state dict (torch tensors) -> detectron2-named numpy arrays, as an official checkpoint."""
     state = {k: v.detach().cpu().numpy() for k, v in hf_state.items() if not k.endswith("num_batches_tracked")}
-    out, qkv = {}, {}
+    out, stacked = {}, {}  # stacked: official name of a q/k/v stack -> {"q": .., "k": .., "v": ..}
     for name, value in state.items():
+        if any(re.match(pattern, name) for pattern in _HF_UNUSED):
+            continue
         split = re.fullmatch(
             r"model\.transformer_module\.decoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)", name
         )
         if split:
-            qkv.setdefault((int(split[1]), split[3]), {})[split[2]] = value
+            prefix = f"sem_seg_head.predictor.transformer_self_attention_layers.{split[1]}.self_attn"
+            stacked.setdefault(f"{prefix}.in_proj_{split[3]}", {})[split[2]] = value
             continue
-        for pattern, replacement in _RULES:
+        split = re.fullmatch(_SWIN + r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.([qkv])_proj\.(\w+)", name)
+        if split:
+            stacked.setdefault(f"backbone.layers.{split[1]}.blocks.{split[2]}.attn.qkv.{split[4]}", {})[split[3]] = (
+                value
+            )
+            continue
+        stage_norm = re.fullmatch(r"model\.pixel_level_module\.encoder\.hidden_states_norms\.stage(\d)\.(\w+)", name)
+        if stage_norm:
+            out[f"backbone.norm{int(stage_norm[1]) - 1}.{stage_norm[2]}"] = value
+            continue
+        for pattern, replacement in _SWIN_RULES + _RULES:
             match = re.match(pattern, name)
             if match:
                 new = re.sub(pattern, replacement, name, count=1)
@@ -142,9 +199,8 @@ def hf_to_detectron2(hf_state) -> dict[str, np.ndarray]:
                 break
         else:
             raise KeyError(f"no detectron2 name for HF tensor {name}")
-    for (layer, kind), parts in qkv.items():
-        prefix = f"sem_seg_head.predictor.transformer_self_attention_layers.{layer}.self_attn"
-        out[f"{prefix}.in_proj_{kind}"] = np.concatenate([parts["q"], parts["k"], parts["v"]], axis=0)
+    for name, parts in stacked.items():
+        out[name] = np.concatenate([parts["q"], parts["k"], parts["v"]], axis=0)
     return out
 
 
@@ -161,17 +217,30 @@ def build_reference(size: str, seed: int = 0, calibration_images=None, dtype="fl
     and batch-norm statistics measured on `calibration_images` (B, H, W, 3), then random affine."""
     import torch
     from transformers import Mask2FormerConfig as HFConfig
-    from transformers import Mask2FormerForUniversalSegmentation, ResNetConfig
+    from transformers import Mask2FormerForUniversalSegmentation, ResNetConfig, SwinConfig
 
     m = keras_config(size).model
     torch.manual_seed(seed)
-    backbone = ResNetConfig(
-        depths=list(m.backbone_stage_blocks),
-        hidden_sizes=[m.backbone_res2_channels * 2**i for i in range(4)],
-        embedding_size=m.backbone_stem_channels,
-        layer_type="bottleneck",
-        out_features=["stage1", "stage2", "stage3", "stage4"],
-    )
+    stages = ["stage1", "stage2", "stage3", "stage4"]
+    if m.backbone == "swin":
+        # HF's SwinBackbone always partitions (`always_partition=True`): window and shift kept on small
+        # maps, as the official D2 Swin. Its `hidden_states_norms.stage{i+1}` are the official `norm{i}`.
+        backbone = SwinConfig(
+            embed_dim=m.swin_embed_dim,
+            depths=list(m.swin_depths),
+            num_heads=list(m.swin_num_heads),
+            window_size=m.swin_window_size,
+            drop_path_rate=m.swin_drop_path_rate,
+            out_features=stages,
+        )
+    else:
+        backbone = ResNetConfig(
+            depths=list(m.backbone_stage_blocks),
+            hidden_sizes=[m.backbone_res2_channels * 2**i for i in range(4)],
+            embedding_size=m.backbone_stem_channels,
+            layer_type="bottleneck",
+            out_features=stages,
+        )
     hf_config = HFConfig(
         backbone_config=backbone,
         num_labels=m.num_classes,
@@ -189,7 +258,7 @@ def build_reference(size: str, seed: int = 0, calibration_images=None, dtype="fl
     with torch.no_grad():
         for p in hf.parameters():
             p.add_(torch.randn_like(p) * (0.02 if p.dim() > 1 else 0.1))
-        if calibration_images is not None:
+        if calibration_images is not None and m.backbone == "resnet":
             for bn in (mod for mod in hf.modules() if isinstance(mod, torch.nn.BatchNorm2d)):
                 bn.reset_running_stats()
                 bn.momentum = None  # cumulative average over the calibration pass
@@ -295,11 +364,18 @@ def compare(size: str = "r50", dtype: str = "float32", seed: int = 0, image_shap
 
     images = np.random.default_rng(seed).uniform(0, 255, (*image_shape, 3)).astype(np.float32)
     hf = build_reference(size, seed=seed, calibration_images=images, dtype=dtype)
+    m = keras_config(size).model
     model = build_model(keras_config(size), dtype=dtype)
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/model_final.pkl"
+        state = hf_to_detectron2(hf.state_dict())
+        for name in [n for n in state if n.endswith(".attn.relative_position_bias_table")]:
+            # The official file also holds the fixed index buffer; noise here must not be loaded.
+            index_name = name.replace("relative_position_bias_table", "relative_position_index")
+            tokens = m.swin_window_size**2
+            state[index_name] = np.random.default_rng(seed).integers(0, len(state[name]), (tokens, tokens))
         with open(path, "wb") as f:
-            pickle.dump({"model": hf_to_detectron2(hf.state_dict())}, f)
+            pickle.dump({"model": state}, f)
         load_detectron2_checkpoint(model, path)
     reference, ours = run_reference(hf, images), run_ours(model, images)
     rows = [
