@@ -212,15 +212,12 @@ def keras_config(size: str) -> Mask2FormerConfig:
     return config.validate()
 
 
-def build_reference(size: str, seed: int = 0, calibration_images=None, dtype="float32"):
-    """HF model with random weights (every parameter perturbed, so zero-initialised offsets matter)
-    and batch-norm statistics measured on `calibration_images` (B, H, W, 3), then random affine."""
-    import torch
+def build_hf(config: Mask2FormerConfig):
+    """HF `Mask2FormerForUniversalSegmentation` of the architecture of our `config`, HF's own init."""
     from transformers import Mask2FormerConfig as HFConfig
     from transformers import Mask2FormerForUniversalSegmentation, ResNetConfig, SwinConfig
 
-    m = keras_config(size).model
-    torch.manual_seed(seed)
+    m = config.model
     stages = ["stage1", "stage2", "stage3", "stage4"]
     if m.backbone == "swin":
         # HF's SwinBackbone always partitions (`always_partition=True`): window and shift kept on small
@@ -254,7 +251,17 @@ def build_reference(size: str, seed: int = 0, calibration_images=None, dtype="fl
         encoder_layers=m.encoder_layers,
         decoder_layers=m.num_decoder_layers + 1,  # HF counts prediction sets
     )
-    hf = Mask2FormerForUniversalSegmentation(hf_config)
+    return Mask2FormerForUniversalSegmentation(hf_config)
+
+
+def build_reference(size: str, seed: int = 0, calibration_images=None, dtype="float32"):
+    """HF model with random weights (every parameter perturbed, so zero-initialised offsets matter)
+    and batch-norm statistics measured on `calibration_images` (B, H, W, 3), then random affine."""
+    import torch
+
+    m = keras_config(size).model
+    torch.manual_seed(seed)
+    hf = build_hf(keras_config(size))
     with torch.no_grad():
         for p in hf.parameters():
             p.add_(torch.randn_like(p) * (0.02 if p.dim() > 1 else 0.1))
