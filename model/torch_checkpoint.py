@@ -266,7 +266,11 @@ def imagenet_backbone_state(state: dict[str, np.ndarray]) -> tuple[dict[str, np.
 def load_imagenet_backbone(model, path: str) -> LoadReport:
     """Loads ImageNet backbone weights (`.pth`, d2 pickle of torch tensors, or detectron2 `.pkl`) into
     `model.backbone`; raises `CheckpointError` (loading nothing) if a backbone tensor is missing or
-    mis-shaped, except Swin's `backbone.norm{i}`, which ImageNet files do not have."""
+    mis-shaped or the file has backbone tensors the model lacks, except Swin's `backbone.norm{i}`, which
+    ImageNet files do not have (they keep their initial ones / zeros, as officially).
+
+    The report lists the file's classifier, final norm and buffers as unexpected (not used).
+    """
     state, dropped = imagenet_backbone_state(read_torch_checkpoint(path))
     needed = {e.name: e.shape for e in _entries(model) if e.name.startswith("backbone.")}
     missing = [n for n in needed if n not in state and not re.fullmatch(r"backbone\.norm\d", n.rsplit(".", 1)[0])]
@@ -286,5 +290,5 @@ def load_imagenet_backbone(model, path: str) -> LoadReport:
         )
     report = load_detectron2_state(model, state, strict=False)
     report.missing = [n for n in report.missing if n.startswith("backbone.")]
-    report.skipped += dropped
+    report.unexpected = dropped
     return report

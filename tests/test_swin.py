@@ -12,7 +12,7 @@ from config import Mask2FormerConfig
 from model import Mask2Former, PatchMerging, ResNet, SwinBlock, SwinTransformer, WindowAttention, build_model
 from model.checkpoint import load_detectron2_state, to_detectron2_state
 from model.swin import relative_position_index, shifted_window_mask
-from tests.helpers import tiny_config
+from tests.helpers import tiny_swin_config
 
 rng = np.random.default_rng(0)
 
@@ -22,19 +22,6 @@ def rand(*shape):
 
 
 TINY_SWIN = {"embed_dim": 8, "depths": (1, 2, 1, 2), "num_heads": (1, 2, 2, 4), "window_size": 3}
-
-
-def tiny_swin_config(**overrides):
-    """The tiny decoder of `tiny_config` on a tiny Swin (window 3, every stage odd-sized at 72 x 100)."""
-    swin = {
-        "backbone": "swin",
-        "swin_embed_dim": 8,
-        "swin_depths": (1, 2, 1, 2),
-        "swin_num_heads": (1, 2, 2, 4),
-        "swin_window_size": 3,
-        "swin_drop_path_rate": 0.0,
-    }
-    return tiny_config(**{**swin, **overrides})
 
 
 CASES = {
@@ -234,3 +221,16 @@ def test_coco_parameter_counts_equal_the_reference(size, millions):
     reference = _reference_count(config)
     print(f"reference {reference:,}")
     assert ours == reference
+
+
+def test_optimizer_groups_follow_the_official_swin_rules():
+    """No weight decay on Swin's norms and relative position bias tables (official build_optimizer)."""
+    from training.optimizer import parameter_groups
+
+    model = build_model(tiny_swin_config())
+    groups = parameter_groups(model)
+    no_decay = {id(v) for v in groups["no_weight_decay"]}
+    for v in model.backbone.trainable_variables:
+        exempt = v.path.endswith(("relative_position_bias_table", "gamma", "beta"))
+        assert (id(v) in no_decay) == exempt, v.path
+    assert {id(v) for v in groups["backbone"]} == {id(v) for v in model.backbone.trainable_variables}
