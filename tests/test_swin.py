@@ -12,7 +12,7 @@ from config import Mask2FormerConfig
 from model import Mask2Former, PatchMerging, ResNet, SwinBlock, SwinTransformer, WindowAttention, build_model
 from model.checkpoint import load_detectron2_state, to_detectron2_state
 from model.swin import relative_position_index, shifted_window_mask
-from tests.helpers import tiny_swin_config
+from tests.helpers import tiny_config, tiny_swin_config
 
 rng = np.random.default_rng(0)
 
@@ -234,3 +234,12 @@ def test_optimizer_groups_follow_the_official_swin_rules():
         exempt = v.path.endswith(("relative_position_bias_table", "gamma", "beta"))
         assert (id(v) in no_decay) == exempt, v.path
     assert {id(v) for v in groups["backbone"]} == {id(v) for v in model.backbone.trainable_variables}
+
+
+def test_configs_of_keras_files_written_before_the_backbone_argument_still_load():
+    """Older `.keras` files store flattened `backbone_*` arguments instead of a serialised backbone."""
+    model = build_model(tiny_config())
+    old = {k: v for k, v in model.get_config().items() if k != "backbone"}
+    old.update(backbone_stage_blocks=[1, 1, 1, 1], backbone_stem_channels=16, backbone_res2_channels=32)
+    restored = Mask2Former.from_config(old)
+    assert restored.backbone.get_config() == model.backbone.get_config()
