@@ -243,3 +243,20 @@ def test_configs_of_keras_files_written_before_the_backbone_argument_still_load(
     old.update(backbone_stage_blocks=[1, 1, 1, 1], backbone_stem_channels=16, backbone_res2_channels=32)
     restored = Mask2Former.from_config(old)
     assert restored.backbone.get_config() == model.backbone.get_config()
+
+
+def test_reference_names_from_save_pretrained_map_like_the_live_model(tmp_path):
+    """`save_pretrained` writes the Swin backbone under transformers 4.x names (as hub files are)."""
+    pytest.importorskip("transformers")
+    from safetensors.numpy import load_file
+
+    from tools.hf_reference import build_hf, hf_to_detectron2
+
+    hf = build_hf(tiny_swin_config())
+    hf.save_pretrained(tmp_path)
+    saved = hf_to_detectron2(load_file(tmp_path / "model.safetensors"))
+    live = hf_to_detectron2(hf.state_dict())
+    assert sorted(saved) == sorted(live)
+    assert set(live) - {"criterion.empty_weight"} == set(to_detectron2_state(build_model(tiny_swin_config())))
+    for name, value in live.items():
+        np.testing.assert_array_equal(saved[name], value, err_msg=name)

@@ -81,6 +81,18 @@ _SWIN_RULES = [
     (_SWIN + r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.mlp\.", "backbone.layers.\\1.blocks.\\2.mlp."),
     (_SWIN + r"encoder\.layers\.(\d+)\.downsample\.", "backbone.layers.\\1.downsample."),
 ]
+# `save_pretrained` writes the Swin backbone under its transformers 4.x names (as the hub files are):
+# renamed to the in-memory 5.x names first.
+_HF_SAVED_SWIN = [
+    (r"(model\.pixel_level_module\.encoder\.)(embeddings\.|encoder\.layers\.)", "\\1swin.\\2"),
+    (r"\.attention\.self\.query\.", ".attention.q_proj."),
+    (r"\.attention\.self\.key\.", ".attention.k_proj."),
+    (r"\.attention\.self\.value\.", ".attention.v_proj."),
+    (r"\.attention\.self\.relative_position_", ".attention.relative_position_bias.relative_position_"),
+    (r"\.attention\.output\.dense\.", ".attention.o_proj."),
+    (r"(\.blocks\.\d+)\.intermediate\.dense\.", "\\1.mlp.fc1."),
+    (r"(\.blocks\.\d+)\.output\.dense\.", "\\1.mlp.fc2."),
+]
 # HF's SwinModel keeps a final `layernorm` that its backbone never applies; the official model has none.
 _HF_UNUSED = (r"model\.pixel_level_module\.encoder\.swin\.layernorm\.",)
 
@@ -165,10 +177,18 @@ _RULES = [
 
 
 def hf_to_detectron2(hf_state) -> dict[str, np.ndarray]:
-    """HF state dict (torch tensors) -> detectron2-named numpy arrays, as an official checkpoint."""
-    state = {k: v.detach().cpu().numpy() for k, v in hf_state.items() if not k.endswith("num_batches_tracked")}
+    """HF state dict (torch tensors, or numpy arrays of a `model.safetensors`) -> detectron2-named numpy
+    arrays, as an official checkpoint."""
+    state = {
+        k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+        for k, v in hf_state.items()
+        if not k.endswith("num_batches_tracked")
+    }
     out, stacked = {}, {}  # stacked: official name of a q/k/v stack -> {"q": .., "k": .., "v": ..}
     for name, value in state.items():
+        if name.startswith("model.pixel_level_module.encoder.") and ".swin." not in name:
+            for pattern, replacement in _HF_SAVED_SWIN:
+                name = re.sub(pattern, replacement, name)
         if any(re.match(pattern, name) for pattern in _HF_UNUSED):
             continue
         split = re.fullmatch(
