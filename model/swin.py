@@ -135,8 +135,9 @@ class SwinBlock(keras.layers.Layer):
         self.norm1 = layer_norm("norm1", self.dtype_policy)
         self.attn = WindowAttention(dim=dim, num_heads=num_heads, window_size=window_size, name="attn", **kw)
         self.norm2 = layer_norm("norm2", self.dtype_policy)
-        init = torch_default_kernel_init()
-        self.fc1 = keras.layers.Dense(int(dim * mlp_ratio), kernel_initializer=init, name="fc1", **kw)
+        self.fc1 = keras.layers.Dense(
+            int(dim * mlp_ratio), kernel_initializer=torch_default_kernel_init(), name="fc1", **kw
+        )
         self.fc2 = keras.layers.Dense(dim, kernel_initializer=torch_default_kernel_init(), name="fc2", **kw)
         # Stochastic depth (timm DropPath): the whole residual branch of a sample, scaled by 1 / keep.
         self.drop_path_layer = keras.layers.Dropout(drop_path, noise_shape=(None, 1, 1, 1), name="drop_path", **kw)

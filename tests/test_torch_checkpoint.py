@@ -7,6 +7,7 @@ import pickle
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -156,7 +157,9 @@ def test_malicious_and_malformed_files_are_refused_and_run_nothing(tmp_path):
     torch.save(payload, paths[0])
     torch.save(payload, paths[1], _use_new_zipfile_serialization=False)
     paths[2].write_bytes(pickle.dumps(payload))
-    paths[3].write_bytes(pickle.dumps({"model": {"x": _PastItsStorage()}}))
+    with warnings.catch_warnings():  # TypedStorage is deprecated in torch, still what pickles of tensors use
+        warnings.simplefilter("ignore", UserWarning)
+        paths[3].write_bytes(pickle.dumps({"model": {"x": _PastItsStorage()}}))
     results = _run_without_torch("-", *paths)
     for path in paths[:3]:
         assert results[str(path)].startswith("UnsafeCheckpointError"), results[str(path)]
