@@ -260,3 +260,60 @@ def test_reference_names_from_save_pretrained_map_like_the_live_model(tmp_path):
     assert set(live) - {"criterion.empty_weight"} == set(to_detectron2_state(build_model(tiny_swin_config())))
     for name, value in live.items():
         np.testing.assert_array_equal(saved[name], value, err_msg=name)
+
+
+def _official_block_float64(block, x):
+    """The official SwinTransformerBlock, window by window in float64 NumPy (slices, not reshapes)."""
+    from scipy.special import erf
+
+    def layer_norm(t, norm):
+        mean, var = t.mean(-1, keepdims=True), t.var(-1, keepdims=True)
+        return (t - mean) / np.sqrt(var + 1e-5) * norm.gamma.numpy() + norm.beta.numpy()
+
+    def dense(t, layer):
+        return t @ layer.kernel.numpy() + layer.bias.numpy()
+
+    w, s, heads, (batch, height, width, channels) = block.window_size, block.shift_size, block.num_heads, x.shape
+    padded_h, padded_w = -(-height // w) * w, -(-width // w) * w
+    y = np.zeros((batch, padded_h, padded_w, channels))
+    y[:, :height, :width] = layer_norm(x, block.norm1)
+    y = np.roll(y, (-s, -s), axis=(1, 2))
+    regions = np.zeros((padded_h, padded_w))  # official img_mask: 3 x 3 slices of the padded map
+    cuts = (slice(0, -w), slice(-w, -s), slice(-s, None)) if s else (slice(None),)
+    for count, (rows, cols) in enumerate(itertools.product(cuts, cuts)):
+        regions[rows, cols] = count
+    table = block.attn.relative_position_bias_table.numpy()
+    tokens = list(itertools.product(range(w), range(w)))
+    bias = np.array([[table[(i - k + w - 1) * (2 * w - 1) + (j - m + w - 1)] for k, m in tokens] for i, j in tokens])
+    out = np.zeros_like(y)
+    head_dim = channels // heads
+    for b, top, left in itertools.product(range(batch), range(0, padded_h, w), range(0, padded_w, w)):
+        window = y[b, top : top + w, left : left + w].reshape(-1, channels)
+        labels = regions[top : top + w, left : left + w].reshape(-1)
+        q, k, v = np.split(dense(window, block.attn.qkv), 3, axis=-1)
+        merged = []
+        for h in range(heads):
+            part = slice(h * head_dim, (h + 1) * head_dim)
+            logits = q[:, part] * head_dim**-0.5 @ k[:, part].T + bias[:, :, h]
+            logits += np.where(labels[:, None] != labels[None, :], -100.0, 0.0) if s else 0.0
+            weights = np.exp(logits - logits.max(-1, keepdims=True))
+            merged.append(weights / weights.sum(-1, keepdims=True) @ v[:, part])
+        out[b, top : top + w, left : left + w] = dense(np.concatenate(merged, -1), block.attn.proj).reshape(w, w, -1)
+    x = x + np.roll(out, (s, s), axis=(1, 2))[:, :height, :width]
+    hidden = dense(layer_norm(x, block.norm2), block.fc1)
+    return x + dense(0.5 * hidden * (1 + erf(hidden / np.sqrt(2))), block.fc2)
+
+
+@pytest.mark.parametrize("shift, size", [(0, (5, 7)), (2, (5, 7)), (2, (3, 4))])
+def test_block_matches_the_official_computation_in_float64(shift, size):
+    """Window 4 on maps that are not a multiple of it (padding) or smaller than it (shift kept).
+
+    Open: the whole block agrees to ~3e-8 (relative 4e-6), its window attention alone to 1e-15; the
+    source of the remainder is not found yet, so the bound is 1e-6 (the acceptance bound in float64)."""
+    block = SwinBlock(dim=8, num_heads=2, window_size=4, shift_size=shift, dtype="float64")
+    x = rng.normal(size=(2, *size, 8))
+    block(x)
+    for weight in block.weights:
+        weight.assign(rng.normal(0, 0.5, weight.shape) + (1.0 if weight.path.endswith("gamma") else 0.0))
+    ours = keras.ops.convert_to_numpy(block(x))
+    np.testing.assert_allclose(ours, _official_block_float64(block, x), rtol=0, atol=1e-6)
