@@ -34,15 +34,15 @@ class ModelConfig:
 
     num_classes: int = 80  # K; the class head predicts K + 1 (the last is "no object")
     num_queries: int = 100
-    backbone: str = "resnet"  # "resnet" (the backbone_* fields) or "swin" (the swin_* fields)
+    backbone: str = "resnet"  # "resnet" (backbone_* fields) or "swin" (swin_* fields)
     backbone_stage_blocks: tuple[int, ...] = (3, 4, 6, 3)  # R50; R101 is (3, 4, 23, 3)
     backbone_stem_channels: int = 64
     backbone_res2_channels: int = 256  # doubles per stage; bottleneck width is a quarter
-    swin_embed_dim: int = 96  # Swin-T/S 96, B 128, L 192
-    swin_depths: tuple[int, ...] = (2, 2, 6, 2)  # T; S/B/L (2, 2, 18, 2)
-    swin_num_heads: tuple[int, ...] = (3, 6, 12, 24)  # T/S; B (4, 8, 16, 32), L (6, 12, 24, 48)
-    swin_window_size: int = 7  # 12 for the 384-pretrained B and L
-    swin_drop_path_rate: float = 0.3  # stochastic depth (official for COCO)
+    swin_embed_dim: int = 96  # Swin res2 channels, doubling per stage (T/S 96, B 128, L 192)
+    swin_depths: tuple[int, ...] = (2, 2, 6, 2)  # blocks per stage (T; S/B/L: 2, 2, 18, 2)
+    swin_num_heads: tuple[int, ...] = (3, 6, 12, 24)  # T/S; B (4, 8, 16, 32); L (6, 12, 24, 48)
+    swin_window_size: int = 7  # 7 for ImageNet-224 weights, 12 for 384
+    swin_drop_path_rate: float = 0.3  # stochastic depth at training only (official 0.3)
     hidden_dim: int = 256  # transformer decoder width
     num_heads: int = 8  # decoder and pixel-decoder attention heads
     decoder_ffn_dim: int = 2048
@@ -173,9 +173,20 @@ class Mask2FormerConfig:
         checks = [
             (m.num_classes >= 1, "model.num_classes must be >= 1"),
             (m.num_queries >= 1, "model.num_queries must be >= 1"),
+            (m.backbone in ("resnet", "swin"), "model.backbone must be 'resnet' or 'swin'"),
             (len(m.backbone_stage_blocks) == 4, "model.backbone_stage_blocks needs 4 stage depths"),
             (all(b >= 1 for b in m.backbone_stage_blocks), "model.backbone_stage_blocks must be >= 1"),
             (m.backbone_res2_channels % 4 == 0, "model.backbone_res2_channels must be divisible by 4"),
+            (
+                len(m.swin_depths) == len(m.swin_num_heads) == 4 and all(d >= 1 for d in m.swin_depths),
+                "model.swin_depths and model.swin_num_heads need 4 stages each, at least 1 block per stage",
+            ),
+            (
+                all(m.swin_embed_dim * 2**i % h == 0 for i, h in enumerate(m.swin_num_heads)),
+                "model.swin_embed_dim * 2**i must be divisible by model.swin_num_heads[i]",
+            ),
+            (m.swin_window_size >= 2, "model.swin_window_size must be >= 2"),
+            (0.0 <= m.swin_drop_path_rate < 1.0, "model.swin_drop_path_rate must be in [0, 1)"),
             (m.hidden_dim % m.num_heads == 0, "model.hidden_dim must be divisible by model.num_heads"),
             (
                 m.pixel_decoder_dim % m.num_heads == 0,

@@ -1,14 +1,27 @@
 """detectron2 ResNet (stride in the 3x3 conv, frozen batch norm), channels-last.
 
+A backbone is any layer that maps a normalised image (B, H, W, 3) to a dict of named feature maps
+and describes them with `output_shape()` -> {name: ShapeSpec(channels, stride)}, as detectron2's
+`Backbone`: `ResNet` here and `SwinTransformer` (model/swin.py). Mask2Former needs res2..res5.
+
 Layers here match detectron2's `build_resnet_backbone` with `STRIDE_IN_1X1: False` and
 `NORM: FrozenBN`, the backbone of the official Mask2Former R50/R101 models. Convolutions pad
 explicitly and symmetrically (as PyTorch), never with Keras' asymmetric "same".
 """
 
+from typing import NamedTuple
+
 import keras
 from keras import ops
 
 from model.layers import register
+
+
+class ShapeSpec(NamedTuple):
+    """One named backbone output: channels and stride (detectron2 `ShapeSpec`)."""
+
+    channels: int
+    stride: int
 
 
 @register
@@ -179,10 +192,14 @@ class ResNet(keras.layers.Layer):
             ]
             self.stages.append(blocks)
 
+    def output_shape(self):
+        """Name -> ShapeSpec(channels, stride) of res2..res5 (detectron2 `Backbone.output_shape`)."""
+        return {f"res{i + 2}": ShapeSpec(self.res2_channels * 2**i, 4 * 2**i) for i in range(4)}
+
     @property
     def out_channels(self):
         """Channels of res2..res5."""
-        return {f"res{i + 2}": self.res2_channels * 2**i for i in range(4)}
+        return {name: spec.channels for name, spec in self.output_shape().items()}
 
     def build(self, input_shape):
         batch = input_shape[0]
@@ -193,7 +210,7 @@ class ResNet(keras.layers.Layer):
                 block.build((batch, None, None, channels))
                 channels = block.out_channels
 
-    def call(self, x):
+    def call(self, x, training=None):
         x = ops.relu(self.stem(x))
         # Max pool 3x3/2 with padding 1: zero padding equals PyTorch's -inf padding after a ReLU.
         x = ops.max_pool(ops.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), pool_size=3, strides=2, padding="valid")

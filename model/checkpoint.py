@@ -178,6 +178,8 @@ IGNORED_TENSORS = re.compile(
 # The released files store the learnable queries under their old name; the official decoder renames
 # them while loading (`MultiScaleMaskedTransformerDecoder._load_from_state_dict`, version < 2).
 LEGACY_NAMES = {"sem_seg_head.predictor.static_query.weight": "sem_seg_head.predictor.query_feat.weight"}
+# Swin's fixed buffers (a function of the window size, recomputed by the model): never loaded.
+IGNORED_SUFFIXES = (".relative_position_index", ".attn_mask")
 
 
 class CheckpointError(ValueError):
@@ -304,10 +306,10 @@ def _conv(name, layer):
 
 def _dense(name, layer):
     cin, cout = layer.kernel.shape
-    return [
-        _Entry(f"{name}.weight", (cout, cin), [layer.kernel], lambda w: [w.T], lambda vs: vs[0].T),
-        _Entry(f"{name}.bias", (cout,), [layer.bias], lambda b: [b], lambda vs: vs[0]),
-    ]
+    entries = [_Entry(f"{name}.weight", (cout, cin), [layer.kernel], lambda w: [w.T], lambda vs: vs[0].T)]
+    if layer.use_bias:
+        entries.append(_Entry(f"{name}.bias", (cout,), [layer.bias], lambda b: [b], lambda vs: vs[0]))
+    return entries
 
 
 def _affine_norm(name, layer):
@@ -360,15 +362,44 @@ def _torch_multihead_attention(name, attention):
     ] + _dense(f"{name}.out_proj", attention.out_proj)
 
 
-def _entries(model) -> list[_Entry]:
-    """Every detectron2 tensor of the official Mask2Former and where it goes in `model`."""
-    entries = _conv_norm("backbone.stem.conv1", model.backbone.stem)
-    for stage_index, blocks in enumerate(model.backbone.stages):
+def _resnet_entries(backbone) -> list[_Entry]:
+    """detectron2 ResNet: `backbone.stem.conv1`, `backbone.res{2..5}.{i}.conv{1,2,3}/shortcut`."""
+    entries = _conv_norm("backbone.stem.conv1", backbone.stem)
+    for stage_index, blocks in enumerate(backbone.stages):
         for block_index, block in enumerate(blocks):
             prefix = f"backbone.res{stage_index + 2}.{block_index}"
             for conv in ("conv1", "conv2", "conv3", "shortcut"):
                 if getattr(block, conv) is not None:
                     entries += _conv_norm(f"{prefix}.{conv}", getattr(block, conv))
+    return entries
+
+
+def _swin_entries(backbone) -> list[_Entry]:
+    """Official D2SwinTransformer names (`relative_position_index` is recomputed, never loaded)."""
+    entries = _conv("backbone.patch_embed.proj", backbone.patch_embed_proj)
+    entries += _affine_norm("backbone.patch_embed.norm", backbone.patch_embed_norm)
+    for i, blocks in enumerate(backbone.stages):
+        for j, block in enumerate(blocks):
+            p = f"backbone.layers.{i}.blocks.{j}"
+            entries += _affine_norm(f"{p}.norm1", block.norm1)
+            entries += _param(f"{p}.attn.relative_position_bias_table", block.attn.relative_position_bias_table)
+            entries += _dense(f"{p}.attn.qkv", block.attn.qkv) + _dense(f"{p}.attn.proj", block.attn.proj)
+            entries += _affine_norm(f"{p}.norm2", block.norm2)
+            entries += _dense(f"{p}.mlp.fc1", block.fc1) + _dense(f"{p}.mlp.fc2", block.fc2)
+        if i < len(backbone.downsamples):
+            entries += _dense(f"backbone.layers.{i}.downsample.reduction", backbone.downsamples[i].reduction)
+            entries += _affine_norm(f"backbone.layers.{i}.downsample.norm", backbone.downsamples[i].norm)
+    for i, norm in enumerate(backbone.stage_norms):
+        entries += _affine_norm(f"backbone.norm{i}", norm)
+    return entries
+
+
+def _entries(model) -> list[_Entry]:
+    """Every detectron2 tensor of the official Mask2Former and where it goes in `model`."""
+    from model.swin import SwinTransformer
+
+    swin = isinstance(model.backbone, SwinTransformer)
+    entries = _swin_entries(model.backbone) if swin else _resnet_entries(model.backbone)
 
     pd = model.pixel_decoder
     prefix = "sem_seg_head.pixel_decoder"
@@ -496,7 +527,7 @@ def load_detectron2_state(
         else:
             assignments.append((entry, state[entry.name]))
     for name in sorted(n for n in state if n not in known):
-        if IGNORED_TENSORS.fullmatch(name):
+        if IGNORED_TENSORS.fullmatch(name) or name.endswith(IGNORED_SUFFIXES):
             report.ignored.append(name)
         elif not name.startswith(skip_prefixes):
             report.unexpected.append(name)

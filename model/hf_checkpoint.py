@@ -42,6 +42,51 @@ BACKBONE_RULES = {
     ],
 }
 
+_SWIN = r"model\.pixel_level_module\.encoder\.swin\."
+BACKBONE_RULES["swin"] = [
+    (_SWIN + r"embeddings\.patch_embeddings\.projection\.", "backbone.patch_embed.proj."),
+    (_SWIN + r"embeddings\.norm\.", "backbone.patch_embed.norm."),
+    (
+        _SWIN + r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.relative_position_bias\.",
+        "backbone.layers.\\1.blocks.\\2.attn.",
+    ),
+    (
+        _SWIN + r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.o_proj\.",
+        "backbone.layers.\\1.blocks.\\2.attn.proj.",
+    ),
+    (_SWIN + r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.layernorm_before\.", "backbone.layers.\\1.blocks.\\2.norm1."),
+    (_SWIN + r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.layernorm_after\.", "backbone.layers.\\1.blocks.\\2.norm2."),
+    (_SWIN + r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.mlp\.", "backbone.layers.\\1.blocks.\\2.mlp."),
+    (_SWIN + r"encoder\.layers\.(\d+)\.downsample\.", "backbone.layers.\\1.downsample."),
+    # the official per-stage output norms (norm0..3)
+    (r"model\.pixel_level_module\.encoder\.hidden_states_norms\.stage(\d)\.", "NORM."),
+]
+# `save_pretrained` writes the Swin backbone under its transformers 4.x names (as the hub files are):
+# renamed to the in-memory 5.x names first.
+_HF_SAVED_SWIN = [
+    (r"(model\.pixel_level_module\.encoder\.)(embeddings\.|encoder\.layers\.)", "\\1swin.\\2"),
+    (r"\.attention\.self\.query\.", ".attention.q_proj."),
+    (r"\.attention\.self\.key\.", ".attention.k_proj."),
+    (r"\.attention\.self\.value\.", ".attention.v_proj."),
+    (r"\.attention\.self\.relative_position_", ".attention.relative_position_bias.relative_position_"),
+    (r"\.attention\.output\.dense\.", ".attention.o_proj."),
+    (r"(\.blocks\.\d+)\.intermediate\.dense\.", "\\1.mlp.fc1."),
+    (r"(\.blocks\.\d+)\.output\.dense\.", "\\1.mlp.fc2."),
+]
+# HF's SwinModel keeps a final `layernorm` that its backbone never applies; the official model has none.
+_HF_UNUSED = re.compile(r"model\.pixel_level_module\.encoder\.swin\.layernorm\..*")
+# q/k/v projections that the official model stacks into one tensor: (pattern, official stacked name).
+_STACKED = [
+    (
+        r"model\.transformer_module\.decoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)",
+        "sem_seg_head.predictor.transformer_self_attention_layers.{0}.self_attn.in_proj_{2}",
+    ),
+    (
+        _SWIN + r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.([qkv])_proj\.(weight|bias)",
+        "backbone.layers.{0}.blocks.{1}.attn.qkv.{3}",
+    ),
+]
+
 HEAD_RULES = [
     # pixel decoder
     (r"model\.pixel_level_module\.decoder\.level_embed", "sem_seg_head.pixel_decoder.transformer.level_embed"),
@@ -106,6 +151,7 @@ HEAD_RULES = [
 def hf_to_detectron2(hf_state) -> dict[str, np.ndarray]:
     """HF state dict (numpy arrays or torch tensors) -> detectron2-named numpy arrays, as an official checkpoint.
 
+    Accepts the in-memory names of transformers 5 and the Swin names `save_pretrained` / hub files use.
     Raises `CheckpointError` naming the first tensor no rule maps.
     """
     state = {
@@ -114,28 +160,35 @@ def hf_to_detectron2(hf_state) -> dict[str, np.ndarray]:
         if not k.endswith("num_batches_tracked")
     }
     rules = [rule for backbone in BACKBONE_RULES.values() for rule in backbone] + HEAD_RULES
-    out, qkv = {}, {}
+    out, stacked = {}, {}  # stacked: official name of a q/k/v stack -> {"q": .., "k": .., "v": ..}
     for name, value in state.items():
-        split = re.fullmatch(
-            r"model\.transformer_module\.decoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)", name
-        )
-        if split:
-            qkv.setdefault((int(split[1]), split[3]), {})[split[2]] = value
+        if name.startswith("model.pixel_level_module.encoder.") and ".swin." not in name:
+            for pattern, replacement in _HF_SAVED_SWIN:
+                name = re.sub(pattern, replacement, name)
+        if _HF_UNUSED.fullmatch(name):
             continue
-        for pattern, replacement in rules:
-            match = re.match(pattern, name)
-            if match:
-                new = re.sub(pattern, replacement, name, count=1)
-                if "STAGE" in new:
-                    new = new.replace("STAGE", f"backbone.res{int(match[1]) + 2}")
-                    new = new.replace("CONV", f"conv{int(match[3]) + 1}") if "CONV" in new else new
-                out[new] = value
+        for pattern, target in _STACKED:
+            split = re.fullmatch(pattern, name)
+            if split:
+                part = next(g for g in split.groups() if g in ("q", "k", "v"))
+                stacked.setdefault(target.format(*split.groups()), {})[part] = value
                 break
         else:
-            raise CheckpointError(f"no detectron2 name for the Hugging Face tensor {name}")
-    for (layer, kind), parts in qkv.items():
-        prefix = f"sem_seg_head.predictor.transformer_self_attention_layers.{layer}.self_attn"
-        out[f"{prefix}.in_proj_{kind}"] = np.concatenate([parts["q"], parts["k"], parts["v"]], axis=0)
+            for pattern, replacement in rules:
+                match = re.match(pattern, name)
+                if match:
+                    new = re.sub(pattern, replacement, name, count=1)
+                    if "STAGE" in new:
+                        new = new.replace("STAGE", f"backbone.res{int(match[1]) + 2}")
+                        new = new.replace("CONV", f"conv{int(match[3]) + 1}") if "CONV" in new else new
+                    elif new.startswith("NORM."):
+                        new = new.replace("NORM", f"backbone.norm{int(match[1]) - 1}")
+                    out[new] = value
+                    break
+            else:
+                raise CheckpointError(f"no detectron2 name for the Hugging Face tensor {name}")
+    for name, parts in stacked.items():
+        out[name] = np.concatenate([parts["q"], parts["k"], parts["v"]], axis=0)
     return out
 
 

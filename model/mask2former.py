@@ -6,16 +6,19 @@ from keras import ops
 from model.backbone import ResNet
 from model.layers import register
 from model.pixel_decoder import MSDeformAttnPixelDecoder
+from model.swin import SwinTransformer
 from model.transformer_decoder import MaskedAttentionDecoder
 
 
 @register
 class Mask2Former(keras.Model):
-    """Mask2Former with a detectron2 ResNet backbone (Cheng et al., CVPR 2022).
+    """Mask2Former (Cheng et al., CVPR 2022) around any backbone with named multi-scale features.
 
     Args (all keyword-only; `build_model(config)` fills them from `config.model`):
+        backbone: a layer mapping a normalised image (B, H, W, 3) to a dict of feature maps, with
+            `output_shape()` -> {name: ShapeSpec(channels, stride)} covering res2..res5 (strides
+            4..32): `ResNet` or `SwinTransformer`. None: a ResNet-50.
         num_classes: int K. num_queries: int.
-        backbone_stage_blocks: 4 ints. backbone_stem_channels: int. backbone_res2_channels: int.
         hidden_dim, num_heads, decoder_ffn_dim, num_decoder_layers: transformer decoder.
         pixel_decoder_dim, mask_dim, encoder_layers, encoder_ffn_dim, deformable_points,
         group_norm_groups: pixel decoder.
@@ -31,11 +34,9 @@ class Mask2Former(keras.Model):
     def __init__(
         self,
         *,
+        backbone=None,
         num_classes=80,
         num_queries=100,
-        backbone_stage_blocks=(3, 4, 6, 3),
-        backbone_stem_channels=64,
-        backbone_res2_channels=256,
         hidden_dim=256,
         num_heads=8,
         decoder_ffn_dim=2048,
@@ -54,9 +55,6 @@ class Mask2Former(keras.Model):
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.num_queries = num_queries
-        self.backbone_stage_blocks = tuple(backbone_stage_blocks)
-        self.backbone_stem_channels = backbone_stem_channels
-        self.backbone_res2_channels = backbone_res2_channels
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
         self.decoder_ffn_dim = decoder_ffn_dim
@@ -71,17 +69,18 @@ class Mask2Former(keras.Model):
         self.pixel_std = tuple(float(v) for v in pixel_std)
         self.size_divisibility = size_divisibility
         kw = {"dtype": self.dtype_policy}
-        self.backbone = ResNet(
-            stage_blocks=backbone_stage_blocks,
-            stem_channels=backbone_stem_channels,
-            res2_channels=backbone_res2_channels,
-            name="backbone",
-            **kw,
-        )
+        self.backbone = backbone if backbone is not None else ResNet(name="backbone", **kw)
+        shapes = self.backbone.output_shape()
+        expected = {f"res{i + 2}": 4 * 2**i for i in range(4)}
+        if {name: shapes[name].stride for name in expected if name in shapes} != expected:
+            raise ValueError(
+                f"the backbone must output res2..res5 at strides 4, 8, 16, 32; {type(self.backbone).__name__} "
+                f"gives {dict(shapes)}"
+            )
         # The official pixel decoder always runs in float32 (autocast disabled), also under AMP.
         mixed = self.dtype_policy.compute_dtype != self.dtype_policy.variable_dtype
         self.pixel_decoder = MSDeformAttnPixelDecoder(
-            in_channels=self.backbone.out_channels,
+            in_channels={name: shapes[name].channels for name in expected},
             conv_dim=pixel_decoder_dim,
             mask_dim=mask_dim,
             num_heads=num_heads,
@@ -105,7 +104,8 @@ class Mask2Former(keras.Model):
         )
 
     def build(self, input_shape=(None, None, None, 3)):
-        self.backbone.build(input_shape)
+        if not self.backbone.built:  # a backbone passed in (or deserialised) may come built
+            self.backbone.build(input_shape)
         self.pixel_decoder.build(None)
         self.transformer_decoder.build(None)
         self.built = True
@@ -122,18 +122,16 @@ class Mask2Former(keras.Model):
         return ops.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
 
     def call(self, images, training=None):
-        features = self.backbone(self.preprocess(images))
+        features = self.backbone(self.preprocess(images), training=training)
         mask_features, multi_scale_features = self.pixel_decoder(features)
         return self.transformer_decoder(multi_scale_features, mask_features)
 
     def get_config(self):
         return {
             **super().get_config(),
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
             "num_classes": self.num_classes,
             "num_queries": self.num_queries,
-            "backbone_stage_blocks": self.backbone_stage_blocks,
-            "backbone_stem_channels": self.backbone_stem_channels,
-            "backbone_res2_channels": self.backbone_res2_channels,
             "hidden_dim": self.hidden_dim,
             "num_heads": self.num_heads,
             "decoder_ffn_dim": self.decoder_ffn_dim,
@@ -149,16 +147,53 @@ class Mask2Former(keras.Model):
             "size_divisibility": self.size_divisibility,
         }
 
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("backbone"), dict):
+            config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        elif "backbone_stage_blocks" in config:  # .keras files written before the backbone was an argument
+            config["backbone"] = ResNet(
+                stage_blocks=config.pop("backbone_stage_blocks"),
+                stem_channels=config.pop("backbone_stem_channels"),
+                res2_channels=config.pop("backbone_res2_channels"),
+                name="backbone",
+                dtype=config.get("dtype"),
+            )
+        return cls(**config)
+
+
+def build_backbone(model_config, dtype=None):
+    """The backbone named by `model_config.backbone` ("resnet" or "swin"), from its fields."""
+    if model_config.backbone == "swin":
+        return SwinTransformer(
+            embed_dim=model_config.swin_embed_dim,
+            depths=model_config.swin_depths,
+            num_heads=model_config.swin_num_heads,
+            window_size=model_config.swin_window_size,
+            drop_path_rate=model_config.swin_drop_path_rate,
+            name="backbone",
+            dtype=dtype,
+        )
+    return ResNet(
+        stage_blocks=model_config.backbone_stage_blocks,
+        stem_channels=model_config.backbone_stem_channels,
+        res2_channels=model_config.backbone_res2_channels,
+        name="backbone",
+        dtype=dtype,
+    )
+
 
 def build_model(config, **kwargs):
-    """Mask2Former from a `Mask2FormerConfig` (its `model` section), built and ready to load weights."""
+    """Mask2Former from a `Mask2FormerConfig` (its `model` section), built and ready to load weights.
+
+    `kwargs` go to `Mask2Former` (e.g. `dtype="mixed_float16"`, also given to the backbone).
+    """
     m = config.model
     model = Mask2Former(
+        backbone=build_backbone(m, dtype=kwargs.get("dtype")),
         num_classes=m.num_classes,
         num_queries=m.num_queries,
-        backbone_stage_blocks=m.backbone_stage_blocks,
-        backbone_stem_channels=m.backbone_stem_channels,
-        backbone_res2_channels=m.backbone_res2_channels,
         hidden_dim=m.hidden_dim,
         num_heads=m.num_heads,
         decoder_ffn_dim=m.decoder_ffn_dim,

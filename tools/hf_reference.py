@@ -37,6 +37,29 @@ SIZES = {
         },
         "num_labels": 5,
     },
+    # Official Swin-T COCO model (47.4M parameters with 133 classes).
+    "swin_t": {"model": {"backbone": "swin"}, "num_labels": 80},
+    # Swin-L-shaped (window 12, head width 32, deep third stage) but narrow and shallow, tiny decoder.
+    "swin_l_small": {
+        "model": {
+            "backbone": "swin",
+            "swin_embed_dim": 64,
+            "swin_depths": (2, 2, 4, 2),
+            "swin_num_heads": (2, 4, 8, 16),
+            "swin_window_size": 12,
+            "num_classes": 5,
+            "num_queries": 20,
+            "hidden_dim": 64,
+            "num_heads": 4,
+            "decoder_ffn_dim": 128,
+            "pixel_decoder_dim": 64,
+            "mask_dim": 64,
+            "encoder_layers": 2,
+            "encoder_ffn_dim": 128,
+            "num_decoder_layers": 3,
+        },
+        "num_labels": 5,
+    },
 }
 
 
@@ -48,22 +71,32 @@ def keras_config(size: str) -> Mask2FormerConfig:
     return config.validate()
 
 
-def build_reference(size: str, seed: int = 0, calibration_images=None, dtype="float32"):
-    """HF model with random weights (every parameter perturbed, so zero-initialised offsets matter)
-    and batch-norm statistics measured on `calibration_images` (B, H, W, 3), then random affine."""
-    import torch
+def build_hf(config: Mask2FormerConfig):
+    """HF `Mask2FormerForUniversalSegmentation` of the architecture of our `config`, HF's own init."""
     from transformers import Mask2FormerConfig as HFConfig
-    from transformers import Mask2FormerForUniversalSegmentation, ResNetConfig
+    from transformers import Mask2FormerForUniversalSegmentation, ResNetConfig, SwinConfig
 
-    m = keras_config(size).model
-    torch.manual_seed(seed)
-    backbone = ResNetConfig(
-        depths=list(m.backbone_stage_blocks),
-        hidden_sizes=[m.backbone_res2_channels * 2**i for i in range(4)],
-        embedding_size=m.backbone_stem_channels,
-        layer_type="bottleneck",
-        out_features=["stage1", "stage2", "stage3", "stage4"],
-    )
+    m = config.model
+    stages = ["stage1", "stage2", "stage3", "stage4"]
+    if m.backbone == "swin":
+        # HF's SwinBackbone always partitions (`always_partition=True`): window and shift kept on small
+        # maps, as the official D2 Swin. Its `hidden_states_norms.stage{i+1}` are the official `norm{i}`.
+        backbone = SwinConfig(
+            embed_dim=m.swin_embed_dim,
+            depths=list(m.swin_depths),
+            num_heads=list(m.swin_num_heads),
+            window_size=m.swin_window_size,
+            drop_path_rate=m.swin_drop_path_rate,
+            out_features=stages,
+        )
+    else:
+        backbone = ResNetConfig(
+            depths=list(m.backbone_stage_blocks),
+            hidden_sizes=[m.backbone_res2_channels * 2**i for i in range(4)],
+            embedding_size=m.backbone_stem_channels,
+            layer_type="bottleneck",
+            out_features=stages,
+        )
     hf_config = HFConfig(
         backbone_config=backbone,
         num_labels=m.num_classes,
@@ -77,11 +110,21 @@ def build_reference(size: str, seed: int = 0, calibration_images=None, dtype="fl
         encoder_layers=m.encoder_layers,
         decoder_layers=m.num_decoder_layers + 1,  # HF counts prediction sets
     )
-    hf = Mask2FormerForUniversalSegmentation(hf_config)
+    return Mask2FormerForUniversalSegmentation(hf_config)
+
+
+def build_reference(size: str, seed: int = 0, calibration_images=None, dtype="float32"):
+    """HF model with random weights (every parameter perturbed, so zero-initialised offsets matter)
+    and batch-norm statistics measured on `calibration_images` (B, H, W, 3), then random affine."""
+    import torch
+
+    m = keras_config(size).model
+    torch.manual_seed(seed)
+    hf = build_hf(keras_config(size))
     with torch.no_grad():
         for p in hf.parameters():
             p.add_(torch.randn_like(p) * (0.02 if p.dim() > 1 else 0.1))
-        if calibration_images is not None:
+        if calibration_images is not None and m.backbone == "resnet":
             for bn in (mod for mod in hf.modules() if isinstance(mod, torch.nn.BatchNorm2d)):
                 bn.reset_running_stats()
                 bn.momentum = None  # cumulative average over the calibration pass
@@ -187,11 +230,18 @@ def compare(size: str = "r50", dtype: str = "float32", seed: int = 0, image_shap
 
     images = np.random.default_rng(seed).uniform(0, 255, (*image_shape, 3)).astype(np.float32)
     hf = build_reference(size, seed=seed, calibration_images=images, dtype=dtype)
+    m = keras_config(size).model
     model = build_model(keras_config(size), dtype=dtype)
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/model_final.pkl"
+        state = hf_to_detectron2(hf.state_dict())
+        for name in [n for n in state if n.endswith(".attn.relative_position_bias_table")]:
+            # The official file also holds the fixed index buffer; noise here must not be loaded.
+            index_name = name.replace("relative_position_bias_table", "relative_position_index")
+            tokens = m.swin_window_size**2
+            state[index_name] = np.random.default_rng(seed).integers(0, len(state[name]), (tokens, tokens))
         with open(path, "wb") as f:
-            pickle.dump({"model": hf_to_detectron2(hf.state_dict())}, f)
+            pickle.dump({"model": state}, f)
         load_detectron2_checkpoint(model, path)
     reference, ours = run_reference(hf, images), run_ours(model, images)
     rows = [

@@ -1,6 +1,7 @@
 """Prints the parity table (our model vs the reference implementation, same weights) for the README.
 
     python tools/parity_report.py            # R50, 2 x 160 x 224, float32 and float64 (~1 min on 2 cores)
+    python tools/parity_report.py --size swin_t   # Swin-T, 2 x 160 x 256 (no stage a multiple of the window)
 
 Needs `bash setup.sh --dev` (torch + transformers).
 """
@@ -11,15 +12,16 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools.hf_reference import compare  # noqa: E402
+from tools.hf_reference import SIZES, compare  # noqa: E402
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="r50", choices=["r50", "tiny"])
+    parser.add_argument("--size", default="r50", choices=sorted(SIZES))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    results = {dtype: compare(args.size, dtype, args.seed) for dtype in ("float32", "float64")}
+    images = (2, 160, 256) if SIZES[args.size]["model"].get("backbone") == "swin" else (2, 160, 224)
+    results = {dtype: compare(args.size, dtype, args.seed, images) for dtype in ("float32", "float64")}
     print("| output | shape | max abs diff fp32 | max abs diff fp64 | max abs value |")
     print("|---|---|---|---|---|")
     for row32, row64 in zip(results["float32"][0], results["float64"][0], strict=True):

@@ -21,6 +21,8 @@ from model.checkpoint import (
     read_detectron2_checkpoint,
 )
 from model.hf_checkpoint import is_hf_checkpoint, read_hf_checkpoint
+from model.swin import SwinTransformer
+from model.torch_checkpoint import load_imagenet_backbone
 
 CLASS_HEAD = "sem_seg_head.predictor.class_embed"
 
@@ -44,9 +46,13 @@ def resolve_weights(path_or_name: str) -> str:
 def load_backbone(model, path_or_name: str) -> str:
     """Loads the `backbone.*` tensors of a detectron2 checkpoint (e.g. ImageNet `R-50.pkl`); all must be there.
 
-    Nothing is loaded unless every backbone tensor is present with the right shape.
+    Swin backbones read Microsoft's `.pth`, the official converter's d2 pickle of torch tensors, or a numpy
+    d2 pickle, without torch. Nothing is loaded unless every backbone tensor is present with the right shape.
     """
     path = resolve_weights(path_or_name)
+    if isinstance(model.backbone, SwinTransformer):
+        report = load_imagenet_backbone(model, path)
+        return f"backbone from {path}: {len(report.loaded)} tensors"
     state = {k: v for k, v in read_detectron2_checkpoint(path).items() if k.startswith("backbone.")}
     try:
         report = load_detectron2_state(model, state, skip_prefixes=("sem_seg_head",))

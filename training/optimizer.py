@@ -5,7 +5,8 @@ Official recipe (Mask2Former `build_optimizer`, detectron2 `get_default_optimize
     (0.9, 0.999), eps 1e-8;
   - no weight decay on norm layers (LayerNorm, GroupNorm; the frozen BatchNorm is not trainable) and on
     `nn.Embedding`s: the transformer decoder's `query_feat`, `query_embed` and `level_embed` (the pixel
-    decoder's `level_embed` is a plain parameter and does get weight decay; biases get it too);
+    decoder's `level_embed` is a plain parameter and does get weight decay; biases get it too), nor on
+    Swin's `relative_position_bias_table`s;
   - the backbone's learning rate (and so its decay step `lr * wd`) x `backbone_lr_multiplier` (0.1);
   - one global-norm clip over all gradients at 0.01, `coef = min(1, max_norm / (norm + 1e-6))` as
     `torch.nn.utils.clip_grad_norm_`.
@@ -39,6 +40,8 @@ def parameter_groups(model) -> dict[str, list]:
             no_decay += layer.trainable_variables
     decoder = model.transformer_decoder
     no_decay += [decoder.query_feat, decoder.query_embed, decoder.level_embed]
+    # Swin: the official build_optimizer also exempts `relative_position_bias_table` from weight decay.
+    no_decay += [v for v in model.backbone.trainable_variables if v.path.endswith("relative_position_bias_table")]
     trainable = _variable_ids(model.trainable_variables)
     return {
         "no_weight_decay": [v for v in no_decay if id(v) in trainable],
