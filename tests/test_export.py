@@ -148,3 +148,213 @@ def test_cli_refuses_bad_arguments_in_one_sentence(tmp_path):
     )  # fmt: skip
     assert result.returncode != 0 and result.stderr.strip().startswith("error: ")
     assert "missing.keras does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------------------------ slow: formats
+FRESH_PROCESS = textwrap.dedent(
+    """
+    # Runs in `python -I` from an empty folder: TensorFlow only, the project is not importable.
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    try:
+        import model  # noqa: F401
+        sys.exit("the project is importable in the fresh process")
+    except ImportError:
+        pass
+    saved_model, photos, arrays, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
+    loaded = tf.saved_model.load(saved_model)
+    serve = loaded.signatures["serving_default"]
+    encoded = [open(p, "rb").read() for p in photos]
+    results = {}
+    batch = serve(images=tf.constant(encoded))  # all photos in one call
+    results.update({"batch_" + k: v.numpy() for k, v in batch.items()})
+    for i, data in enumerate(encoded):  # each alone
+        results.update({f"alone{i}_" + k: v.numpy() for k, v in serve(images=tf.constant([data])).items()})
+    inputs = np.load(arrays)
+    for i in range(len(photos)):
+        logits = loaded.signatures["logits"](images=tf.constant(inputs[f"image{i}"]))
+        results.update({f"logits{i}_" + k: v.numpy() for k, v in logits.items()})
+    np.savez(out, **results)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """Tiny seeded model (.keras written for test.py) and its config with tiny test sizes."""
+    import keras
+
+    from model import build_model
+    from tests.helpers import tiny_config
+
+    config = tiny_config()
+    config.data.min_size_test, config.data.max_size_test = MIN_SIZE, MAX_SIZE
+    keras.utils.set_random_seed(0)
+    network = build_model(config)
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    network.save(path)
+    return network, config, path
+
+
+def _network_inputs(photos, size=None, pixel_mean=None):
+    """Each photo decoded and resized as test.py does: (1, h, w, 3) float32; with `size`, placed top-left
+    on a (1, *size, 3) canvas of `pixel_mean` (how test.py pads a batch), for fixed-size runtimes."""
+    from inference.predictor import read_image, resize_for_test
+
+    inputs = []
+    for path in photos:
+        resized = resize_for_test(read_image(str(path)), MIN_SIZE, MAX_SIZE)
+        canvas = np.empty((1, *(size or resized.shape[:2]), 3), np.float32)
+        canvas[...] = np.asarray(pixel_mean if size else 0, np.float32)
+        canvas[0, : resized.shape[0], : resized.shape[1]] = resized
+        inputs.append(canvas)
+    return inputs
+
+
+def _worst(a, b):
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
+
+
+@pytest.mark.slow
+@needs_photos
+def test_saved_model_in_a_fresh_process_equals_keras_and_test_py(tiny_model, tmp_path):
+    """Acceptance 1 (SavedModel), 2 (test.py's JSON) and 3 (an image alone or batched) in one export."""
+    network, config, keras_path = tiny_model
+    saved = tmp_path / "saved_model"
+    export.export_saved_model(network, str(saved), export.ExportSettings.from_config(config))
+    inputs = _network_inputs(PHOTOS)
+    np.savez(tmp_path / "inputs.npz", **{f"image{i}": x for i, x in enumerate(inputs)})
+    (tmp_path / "fresh").mkdir()
+    script = tmp_path / "fresh" / "run.py"
+    script.write_text(FRESH_PROCESS)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = subprocess.run(
+        [sys.executable, "-I", str(script), str(saved), json.dumps([str(p) for p in PHOTOS]),
+         str(tmp_path / "inputs.npz"), str(tmp_path / "out.npz")],
+        cwd=tmp_path / "fresh", env=env, capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = np.load(tmp_path / "out.npz")
+
+    # 1. the logits signature equals the Keras model
+    worst = 0.0
+    for i, x in enumerate(inputs):
+        expected = network(x, training=False)
+        for key in ("pred_logits", "pred_masks"):
+            assert out[f"logits{i}_{key}"].shape == expected[key].shape
+            worst = max(worst, _worst(out[f"logits{i}_{key}"], expected[key]))
+    print(f"SavedModel logits vs Keras: max abs diff {worst:.2e}")
+    assert worst < 1e-4
+
+    # 3. alone vs in a batch with larger images: identical masks, scores within 1e-5
+    for i in range(len(PHOTOS)):
+        height, width = out[f"alone{i}_image_sizes"][0]
+        alone_masks, batch_masks = out[f"alone{i}_masks"][0], out["batch_masks"][i]
+        np.testing.assert_array_equal(batch_masks[:, :height, :width], alone_masks)
+        assert not batch_masks[:, height:].any() and not batch_masks[:, :, width:].any()
+        np.testing.assert_allclose(out["batch_scores"][i], out[f"alone{i}_scores"][0], rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(out["batch_classes"][i], out[f"alone{i}_classes"][0])
+
+    # 2. test.py's JSON for the same images and model: same RLEs, scores within 1e-5
+    from evaluation.coco import encode_masks
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in PHOTOS:
+        os.symlink(path, images / path.name)
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "test.py"), "--model", str(keras_path), "--images", str(images),
+         "--output", str(tmp_path / "res"), "--score-threshold", "0", "--batch-size", "3",
+         "--set", f"data.min_size_test={MIN_SIZE}", f"data.max_size_test={MAX_SIZE}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    compared = 0
+    for index, path in enumerate(PHOTOS):
+        record = json.loads((tmp_path / "res" / f"{path.stem}.json").read_text())
+        height, width = out["batch_image_sizes"][index]
+        n = int(out["batch_num_instances"][index])
+        masks = out["batch_masks"][index, :n, :height, :width].astype(bool)
+        chosen = masks.any(axis=(1, 2))  # test.py writes non-empty masks scoring >= the threshold (0)
+        rles = encode_masks(masks[chosen])
+        assert len(record["instances"]) == len(rles)
+        scores = out["batch_scores"][index, :n][chosen]
+        category_ids = out["batch_category_ids"][index, :n][chosen]
+        for entry, rle, score, category_id in zip(record["instances"], rles, scores, category_ids, strict=True):
+            assert entry["segmentation"] == rle
+            assert abs(entry["score"] - float(score)) <= 1e-5
+            assert entry["category_id"] == int(category_id)
+            compared += 1
+    print(f"test.py JSON vs SavedModel: {compared} instances, same RLEs and scores")
+    assert compared > 0
+
+
+LITERT_SIZE = (192, 288)  # the tiny test sizes' largest resized photo (160 x 237) padded to multiples of 32
+
+
+def _litert_run(path, inputs):
+    """ai-edge-litert interpreter on each (1, H, W, 3) input -> list of {pred_logits, pred_masks}."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=2)
+    runner = interpreter.get_signature_runner()
+    return [runner(images=x) for x in inputs]
+
+
+@pytest.mark.slow
+@needs_photos
+def test_litert_float32_and_float16_equal_keras(tiny_model, tmp_path):
+    network, config, _ = tiny_model
+    inputs = _network_inputs(PHOTOS, LITERT_SIZE, config.model.pixel_mean)
+    expected = [network(x, training=False) for x in inputs]
+    export.export_litert(network, str(tmp_path / "m.tflite"), LITERT_SIZE, "float32")
+    worst = 0.0
+    for got, want in zip(_litert_run(tmp_path / "m.tflite", inputs), expected, strict=True):
+        for key in ("pred_logits", "pred_masks"):
+            worst = max(worst, _worst(got[key], want[key]))
+    print(f"LiteRT float32 vs Keras: max abs diff {worst:.2e}")
+    assert worst < 1e-4
+
+    export.export_litert(network, str(tmp_path / "m16.tflite"), LITERT_SIZE, "float16")
+    postprocess = PostProcessor("instance", instances_per_image=10)
+    ious = []
+    for path, x, got, want in zip(PHOTOS, inputs, _litert_run(tmp_path / "m16.tflite", inputs), expected, strict=True):
+        original = Image.open(path).size[::-1]
+        image_size = _network_inputs([path])[0].shape[1:3]
+        ours = postprocess(got, [image_size], [original])[0]
+        keras_result = postprocess({k: v.numpy() for k, v in want.items()}, [image_size], [original])[0]
+        assert sorted(ours.labels.tolist()) == sorted(keras_result.labels.tolist())
+        for label, query, mask in zip(ours.labels, ours.queries, ours.masks, strict=True):
+            match = (keras_result.labels == label) & (keras_result.queries == query)
+            reference = keras_result.masks[np.argmax(match)]
+            union = (mask | reference).sum()
+            ious.append((mask & reference).sum() / union if union else 1.0)
+    print(f"LiteRT float16: same instance classes, mask IoU min {min(ious):.4f} over {len(ious)} masks")
+    assert min(ious) >= 0.95
+
+
+@pytest.mark.slow
+@needs_photos
+def test_onnx_equals_keras_at_any_size(tiny_model, tmp_path):
+    import onnx
+    import onnxruntime
+
+    network, _, _ = tiny_model
+    export.export_onnx(network, str(tmp_path / "m.onnx"), size=None)
+    opset = max(
+        entry.version for entry in onnx.load(str(tmp_path / "m.onnx")).opset_import if entry.domain in ("", "ai.onnx")
+    )
+    assert opset >= 17
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    worst = 0.0
+    for x in _network_inputs(PHOTOS):  # three different sizes through one model
+        got = dict(zip(names, session.run(None, {session.get_inputs()[0].name: x}), strict=True))
+        want = network(x, training=False)
+        for key in ("pred_logits", "pred_masks"):
+            worst = max(worst, _worst(got[key], want[key]))
+    print(f"ONNX (opset {opset}) vs Keras: max abs diff {worst:.2e}")
+    assert worst < 1e-4
