@@ -6,8 +6,11 @@ Slow (one export each, in its own runtime): the SavedModel loaded in a fresh int
 project on sys.path, LiteRT's interpreter and onnxruntime on 3 real photos of different sizes.
 """
 
+import json
+import os
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -319,7 +322,7 @@ def test_litert_float32_and_float16_equal_keras(tiny_model, tmp_path):
     export.export_litert(network, str(tmp_path / "m16.tflite"), LITERT_SIZE, "float16")
     postprocess = PostProcessor("instance", instances_per_image=10)
     ious = []
-    for path, x, got, want in zip(PHOTOS, inputs, _litert_run(tmp_path / "m16.tflite", inputs), expected, strict=True):
+    for path, got, want in zip(PHOTOS, _litert_run(tmp_path / "m16.tflite", inputs), expected, strict=True):
         original = Image.open(path).size[::-1]
         image_size = _network_inputs([path])[0].shape[1:3]
         ours = postprocess(got, [image_size], [original])[0]
