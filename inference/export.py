@@ -288,6 +288,12 @@ class ServingFunctions:
         self.isthing = np.asarray(isthing, bool)
         self.category_ids = np.asarray(settings.category_ids or range(num_classes), np.int32)
         self.class_names = np.asarray(settings.class_names or [f"class {k}" for k in range(num_classes)], object)
+        # one traced graph of the per-image work, shared by both result signatures
+        self._predict_one = tf.function(
+            self.predict_one,
+            input_signature=[tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([2], tf.int32)],
+            autograph=False,
+        )
 
     def output_signature(self) -> dict:
         """tf.TensorSpec per output of `predict_one` (without the batch axis)."""
@@ -341,7 +347,7 @@ class ServingFunctions:
         """`load(element)` -> (H, W, 3) uint8, for each element of `images`; sizes (B, 2)."""
         canvas = tf.reduce_max(sizes, axis=0)
         results = tf.map_fn(
-            lambda element: self.predict_one(load(element), canvas),
+            lambda element: self._predict_one(load(element), canvas),
             images,
             fn_output_signature=self.output_signature(),
             parallel_iterations=1,
@@ -370,8 +376,15 @@ class ServingFunctions:
 
     def logits(self, images):
         """(B, H, W, 3) float32 RGB 0..255 -> the model's final `pred_logits` and `pred_masks`."""
-        outputs = self.model(images, training=False)
-        return {"pred_logits": outputs["pred_logits"], "pred_masks": outputs["pred_masks"]}
+        return self.logits_of(self.model)(images)
+
+    @staticmethod
+    def logits_of(model):
+        def logits(images):
+            outputs = model(images, training=False)
+            return {"pred_logits": outputs["pred_logits"], "pred_masks": outputs["pred_masks"]}
+
+        return logits
 
 
 def _logits_spec(size):
@@ -421,18 +434,32 @@ def export_litert(model, path: str, size, precision: str = "float32") -> None:
     """LiteRT flatbuffer of the `logits` function at a fixed (H, W), TFLite built-in ops only.
 
     precision "float16" stores the weights as float16 (dequantized to float32 when the interpreter
-    loads them); the arithmetic stays float32.
+    loads them); the arithmetic stays float32. As Keras' own LiteRT export, the function goes through a
+    SavedModel, which freezes the weights into constants.
     """
+    import tempfile
+
+    import keras
+
     if size is None:
         raise ValueError("LiteRT needs a fixed input size; pass --size HxW (e.g. 800x1216)")
-    function = _logits_function(model, size)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], model)
+    if precision not in ("float32", "float16"):
+        raise ValueError(f"precision must be float32 or float16, got {precision!r}")
+    with tempfile.TemporaryDirectory() as folder:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint("serving_default", ServingFunctions.logits_of(model), [_logits_spec(size)])
+        archive.write_out(folder, verbose=False)
+        litert_from_saved_model(folder, path, precision)
+
+
+def litert_from_saved_model(folder: str, path: str, precision: str = "float32") -> None:
+    """Converts a SavedModel's `serving_default` (a fixed-size logits function) to LiteRT, built-ins only."""
+    converter = tf.lite.TFLiteConverter.from_saved_model(folder)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if precision == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
-    elif precision != "float32":
-        raise ValueError(f"precision must be float32 or float16, got {precision!r}")
     with open(path, "wb") as f:
         f.write(converter.convert())
 
