@@ -466,9 +466,13 @@ def litert_from_saved_model(folder: str, path: str, precision: str = "float32") 
 
 def export_onnx(model, path: str, size=None, opset: int = 17) -> None:
     """ONNX (tf2onnx, opset `opset`) of the `logits` function; `size` None keeps height and width free."""
+    onnx_from_function(_logits_function(model, size), path, size, opset)
+
+
+def onnx_from_function(function, path: str, size=None, opset: int = 17) -> None:
+    """tf2onnx conversion of a tf.function `images` (B, H, W, 3) float32 -> {pred_logits, pred_masks}."""
     import tf2onnx
     from keras.src.export.tf2onnx_lib import patch_tf2onnx
 
-    patch_tf2onnx()  # Keras' own numpy-2 fixes for tf2onnx, as keras' model.export(format="onnx") applies
-    function = _logits_function(model, size)
+    patch_tf2onnx()  # Keras' numpy-2 fixes for tf2onnx, as `model.export(format="onnx")` applies them
     tf2onnx.convert.from_function(function, input_signature=[_logits_spec(size)], opset=opset, output_path=path)
