@@ -65,7 +65,8 @@ def main() -> None:
         "serving_default", export.ServingFunctions.logits_of(network), [export._logits_spec((height, width))]
     )
     archive.write_out(f"{folder}/saved_model", verbose=False)
-    logits = tf.saved_model.load(f"{folder}/saved_model").signatures["serving_default"]
+    loaded = tf.saved_model.load(f"{folder}/saved_model")  # kept: the signature needs its variables
+    logits = loaded.signatures["serving_default"]
     runners["SavedModel logits"] = lambda: logits(images=tf.constant(x))
     print(f"SavedModel export {time.perf_counter() - started:.0f} s", flush=True)
     for precision in ("float32", "float16"):

@@ -139,7 +139,9 @@ def test_cli_refuses_bad_arguments_in_one_sentence(tmp_path):
     with pytest.raises(SystemExit):
         parse_args(["m.keras", "out.tflite", "--format", "litert"])  # LiteRT needs --size
     with pytest.raises(SystemExit):
-        parse_args(["m.keras", "out", "--format", "onnx", "--precision", "float16"])
+        parse_args(["m.keras", "out", "--format", "onnx", "--size", "64x64", "--precision", "float16"])
+    with pytest.raises(SystemExit):
+        parse_args(["m.keras", "out.onnx", "--format", "onnx", "--dynamic"])
     with pytest.raises(SystemExit):
         parse_args(["m.keras", "out", "--format", "litert", "--size", "800by1216"])
     args = parse_args(["m.keras", "out.tflite", "--format", "litert", "--size", "160x256", "--precision", "float16"])
@@ -312,3 +314,75 @@ def test_saved_model_in_a_fresh_process_equals_keras_and_test_py(tiny_model, tmp
 
 def _rle_bytes(rle):
     return {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+
+
+LITERT_SIZE = (192, 288)  # the tiny test sizes' largest resized photo (160 x 237) padded to multiples of 32
+
+
+def _litert_run(path, inputs):
+    """ai-edge-litert interpreter on each (1, H, W, 3) input -> list of {pred_logits, pred_masks}."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=2)
+    runner = interpreter.get_signature_runner()
+    return [runner(images=x) for x in inputs]
+
+
+@pytest.mark.slow
+@needs_photos
+def test_litert_float32_and_float16_equal_keras(tiny_model, tmp_path):
+    network, config, _ = tiny_model
+    inputs = _network_inputs(PHOTOS, LITERT_SIZE, config.model.pixel_mean)
+    expected = [network(x, training=False) for x in inputs]
+    export.export_litert(network, str(tmp_path / "m.tflite"), LITERT_SIZE, "float32")
+    worst = 0.0
+    for got, want in zip(_litert_run(tmp_path / "m.tflite", inputs), expected, strict=True):
+        for key in ("pred_logits", "pred_masks"):
+            worst = max(worst, _worst(got[key], want[key]))
+    print(f"LiteRT float32 vs Keras: max abs diff {worst:.2e}")
+    assert worst < 1e-4
+
+    export.export_litert(network, str(tmp_path / "m16.tflite"), LITERT_SIZE, "float16")
+    postprocess = PostProcessor("instance", instances_per_image=10)
+    ious = []
+    for path, got, want in zip(PHOTOS, _litert_run(tmp_path / "m16.tflite", inputs), expected, strict=True):
+        original = Image.open(path).size[::-1]
+        image_size = _network_inputs([path])[0].shape[1:3]
+        ours = postprocess(got, [image_size], [original])[0]
+        keras_result = postprocess(
+            {k: want[k].numpy() for k in ("pred_logits", "pred_masks")}, [image_size], [original]
+        )[0]
+        assert sorted(ours.labels.tolist()) == sorted(keras_result.labels.tolist())
+        for label, query, mask in zip(ours.labels, ours.queries, ours.masks, strict=True):
+            match = (keras_result.labels == label) & (keras_result.queries == query)
+            reference = keras_result.masks[np.argmax(match)]
+            union = (mask | reference).sum()
+            ious.append((mask & reference).sum() / union if union else 1.0)
+    print(f"LiteRT float16: same instance classes, mask IoU min {min(ious):.4f} over {len(ious)} masks")
+    assert min(ious) >= 0.95
+
+
+@pytest.mark.slow
+@needs_photos
+def test_onnx_equals_keras(tiny_model, tmp_path):
+    """Fixed size, as LiteRT (free height and width fail in onnxruntime: see tools/export.py)."""
+    import onnx
+    import onnxruntime
+
+    network, config, _ = tiny_model
+    export.export_onnx(network, str(tmp_path / "m.onnx"), size=LITERT_SIZE)
+    model_proto = onnx.load(str(tmp_path / "m.onnx"))
+    opset = max(entry.version for entry in model_proto.opset_import if entry.domain in ("", "ai.onnx"))
+    assert opset >= 17
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    worst = 0.0
+    for x in _network_inputs(PHOTOS, LITERT_SIZE, config.model.pixel_mean):
+        got = dict(zip(names, session.run(None, {session.get_inputs()[0].name: x}), strict=True))
+        want = network(x, training=False)
+        for key in ("pred_logits", "pred_masks"):
+            worst = max(worst, _worst(got[key], want[key]))
+    print(f"ONNX (opset {opset}) vs Keras: max abs diff {worst:.2e}")
+    assert worst < 1e-4

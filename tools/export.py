@@ -2,15 +2,14 @@
 
     python tools/export.py mask2former_r50_coco.keras export/m2f --format saved_model
     python tools/export.py mask2former_r50_coco.keras m2f.tflite --format litert --size 800x1216 --precision float16
-    python tools/export.py mask2former_r50_coco.keras m2f.onnx --format onnx --dynamic
+    python tools/export.py mask2former_r50_coco.keras m2f.onnx --format onnx --size 800x1216
     python tools/export.py --weights runs/m/model.weights.h5 --config runs/m/config.json m2f --format saved_model
 
 MODEL is a `.keras` file, or give `--weights` (detectron2 `.pkl` or Keras `.weights.h5`) for the model
 that `--preset/--config/--set` describe, as test.py takes them. The SavedModel's result signatures use
 the test sizes, task and thresholds of the config (`data.min_size_test`, `inference.*`; `--task`
 overrides) and the class names of `--categories` (default `data.categories_file`). LiteRT and ONNX
-hold the network only (`pred_logits`, `pred_masks`); LiteRT needs `--size`, ONNX defaults to
-`--dynamic`. See inference/export.py for the signatures and README "Deployment" for serving.
+hold the network only (`pred_logits`, `pred_masks`) at a fixed `--size`. See inference/export.py for the signatures and README "Deployment" for serving.
 """
 
 from __future__ import annotations
@@ -36,7 +35,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--categories", default=None, help="categories.json (default: data.categories_file)")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--size", type=parse_size, help="fixed network input HxW, e.g. 800x1216 (LiteRT needs one)")
-    size.add_argument("--dynamic", action="store_true", help="any input height and width (SavedModel, ONNX)")
+    size.add_argument(
+        "--dynamic",
+        action="store_true",
+        help="any input height and width (SavedModel logits signature; the default there)",
+    )
     parser.add_argument("--precision", default="float32", choices=("float32", "float16"), help="LiteRT weights")
     add_config_arguments(parser)
     args = parser.parse_args(argv)
@@ -46,8 +49,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("give MODEL (a .keras file) or --weights with the config it belongs to")
     if args.precision == "float16" and args.format != "litert":
         parser.error("--precision float16 is for --format litert (float16 weights)")
-    if args.format == "litert" and args.size is None:
-        parser.error("--format litert needs a fixed --size HxW, e.g. --size 800x1216")
+    if args.format in ("litert", "onnx") and args.size is None:
+        # ONNX with free height and width converts, but onnxruntime then fails in the decoder's
+        # cross-attention (a Reshape loses the batch axis in tf2onnx's graph), so it is refused.
+        parser.error(f"--format {args.format} needs a fixed --size HxW, e.g. --size 800x1216")
     return args
 
 
