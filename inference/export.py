@@ -2,7 +2,7 @@
 
     export_saved_model(model, "export/m2f", ExportSettings.from_config(config, categories))
     export_litert(model, "m2f.tflite", size=(800, 1216), precision="float16")
-    export_onnx(model, "m2f.onnx", size=None)   # None: any input size
+    export_onnx(model, "m2f.onnx", size=(800, 1216))   # size None converts, but onnxruntime then fails
 
 SavedModel signatures (loadable with `tf.saved_model.load` alone, no project code):
 
@@ -464,8 +464,12 @@ def litert_from_saved_model(folder: str, path: str, precision: str = "float32") 
         f.write(converter.convert())
 
 
-def export_onnx(model, path: str, size=None, opset: int = 17) -> None:
-    """ONNX (tf2onnx, opset `opset`) of the `logits` function; `size` None keeps height and width free."""
+def export_onnx(model, path: str, size, opset: int = 17) -> None:
+    """ONNX (tf2onnx, opset `opset`) of the `logits` function at a fixed (H, W).
+
+    `size` None (free height and width) converts, but onnxruntime then fails in the decoder's
+    cross-attention (tf2onnx drops the batch axis of a Reshape); tools/export.py refuses it.
+    """
     onnx_from_function(_logits_function(model, size), path, size, opset)
 
 
