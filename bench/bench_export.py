@@ -34,6 +34,12 @@ def main() -> None:
     parser.add_argument("--arch", choices=("r50", "tiny"), default="r50")
     parser.add_argument("--size", default="480x640", help="network input HxW (multiples of 32 keep it exact)")
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument(
+        "--folder",
+        default=None,
+        help="where the exports go; exports already there (saved_model/, m_float32.tflite, m_float16.tflite, "
+        "m.onnx from an earlier run with the same --arch and --size) are reused",
+    )
     args = parser.parse_args()
     tf.config.threading.set_intra_op_parallelism_threads(THREADS)
     tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -52,31 +58,36 @@ def main() -> None:
     keras.utils.set_random_seed(0)
     network = build_model(config)
     x = np.random.default_rng(0).uniform(0, 255, (1, height, width, 3)).astype(np.float32)
-    folder = tempfile.mkdtemp(prefix="bench_export_")
+    folder = args.folder or tempfile.mkdtemp(prefix="bench_export_")
+    os.makedirs(folder, exist_ok=True)
 
     runners = {"keras eager": lambda: network(x, training=False)}
     compiled = tf.function(lambda images: network(images, training=False), autograph=False)
     runners["keras tf.function"] = lambda: compiled(tf.constant(x))
     # one traced SavedModel of the logits function at this size; LiteRT and ONNX are converted from it
     started = time.perf_counter()
-    archive = keras.export.ExportArchive()
-    archive.track(network)
-    archive.add_endpoint(
-        "serving_default", export.ServingFunctions.logits_of(network), [export._logits_spec((height, width))]
-    )
-    archive.write_out(f"{folder}/saved_model", verbose=False)
+    if not os.path.isdir(f"{folder}/saved_model"):
+        archive = keras.export.ExportArchive()
+        archive.track(network)
+        spec = [export._logits_spec((height, width))]
+        archive.add_endpoint("serving_default", export.ServingFunctions.logits_of(network), spec)
+        archive.write_out(f"{folder}/saved_model", verbose=False)
     loaded = tf.saved_model.load(f"{folder}/saved_model")  # kept: the signature needs its variables
     logits = loaded.signatures["serving_default"]
     runners["SavedModel logits"] = lambda: logits(images=tf.constant(x))
     print(f"SavedModel export {time.perf_counter() - started:.0f} s", flush=True)
     for precision in ("float32", "float16"):
         started = time.perf_counter()
-        export.litert_from_saved_model(f"{folder}/saved_model", f"{folder}/m_{precision}.tflite", precision)
+        if not os.path.isfile(f"{folder}/m_{precision}.tflite"):
+            export.litert_from_saved_model(f"{folder}/saved_model", f"{folder}/m_{precision}.tflite", precision)
         interpreter = Interpreter(model_path=f"{folder}/m_{precision}.tflite", num_threads=THREADS)
         runners[f"LiteRT {precision}"] = _bind(interpreter.get_signature_runner(), x)
         print(f"LiteRT {precision} conversion {time.perf_counter() - started:.0f} s", flush=True)
     started = time.perf_counter()
-    export.onnx_from_function(tf.function(lambda images: logits(images=images)), f"{folder}/m.onnx", (height, width))
+    if not os.path.isfile(f"{folder}/m.onnx"):
+        export.onnx_from_function(
+            tf.function(lambda images: logits(images=images)), f"{folder}/m.onnx", (height, width)
+        )
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = THREADS
     options.inter_op_num_threads = 1
