@@ -3,8 +3,8 @@
     python bench/bench_export.py --arch r50 --size 480x640 --runs 7
     python bench/bench_export.py --arch tiny --size 192x288 --runs 15
 
-One (1, H, W, 3) input through the network (`pred_logits`, `pred_masks`): Keras (`model(x)` eager
-and under `tf.function`), the SavedModel's `logits` signature (tf.saved_model.load), LiteRT float32
+One (1, H, W, 3) input through the network (`pred_logits`, `pred_masks`): Keras (`model(x)`, eager,
+as test.py runs it), the SavedModel's `logits` signature (tf.saved_model.load), LiteRT float32
 and float16 weights (ai-edge-litert, 2 threads), ONNX Runtime (2 intra-op threads). TensorFlow runs
 with 2 intra-op threads. Random seeded weights (latency does not depend on them). Rounds are
 interleaved (every runtime once per round, in turn) after one warm-up call each; prints medians,
@@ -62,8 +62,6 @@ def main() -> None:
     os.makedirs(folder, exist_ok=True)
 
     runners = {"keras eager": lambda: network(x, training=False)}
-    compiled = tf.function(lambda images: network(images, training=False), autograph=False)
-    runners["keras tf.function"] = lambda: compiled(tf.constant(x))
     # one traced SavedModel of the logits function at this size; LiteRT and ONNX are converted from it
     started = time.perf_counter()
     if not os.path.isdir(f"{folder}/saved_model"):
