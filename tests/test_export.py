@@ -200,7 +200,7 @@ def tiny_model(tmp_path_factory):
     keras.utils.set_random_seed(0)
     network = build_model(config)
     path = tmp_path_factory.mktemp("model") / "tiny.keras"
-    network.save(path)
+    network.save(str(path))
     return network, config, path
 
 
