@@ -151,8 +151,9 @@ def test_cli_refuses_bad_arguments_in_one_sentence(tmp_path):
          "--format", "saved_model"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert result.returncode != 0 and result.stderr.strip().startswith("error: ")
-    assert "missing.keras does not exist" in result.stderr and "Traceback" not in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]  # after TensorFlow's start-up log lines
+    assert result.returncode != 0 and last_line.startswith("error: ") and "missing.keras does not exist" in last_line
+    assert "Traceback" not in result.stderr
 
 
 # ------------------------------------------------------------------------------------ slow: formats
