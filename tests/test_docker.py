@@ -61,7 +61,7 @@ def _docker_lines(kind: str) -> list[list[str]]:
     return [c for c in commands if c[:2] == ["docker", kind]]
 
 
-RUN_LINES = _docker_lines("run")
+RUN_LINES = [c for c in _docker_lines("run") if IMAGE in c]  # this image; the tensorflow/serving line apart
 
 
 def test_build_line_builds_this_dockerfile_from_the_repository_root():
@@ -98,6 +98,7 @@ def test_readme_covers_conversion_training_testing_and_evaluation():
         "test.py",
         "test_map.py",
         "tools/convert_detectron2_checkpoint.py",
+        "tools/export.py",
         "train.py",
     ]
     assert all("--gpus" in c for c in RUN_LINES if c[c.index(IMAGE) + 2] in ("train.py", "test.py", "test_map.py"))
@@ -113,3 +114,13 @@ def test_config_arguments_of_the_train_line():
     config = config_from_args(parser.parse_args(argv))
     assert config.data.train_files == "datasets/coco/tfrecords/train-*.tfrecord"
     assert config.data.categories_file == "datasets/coco/tfrecords/categories.json"
+
+
+def test_serving_line_mounts_the_exported_versions_as_model_name():
+    (serving,) = [c for c in _docker_lines("run") if "tensorflow/serving" in c]
+    (export,) = [c for c in RUN_LINES if "tools/export.py" in c]
+    exported = export[export.index("tools/export.py") + 2]  # runs/serving/mask2former/1
+    mount = serving[serving.index("-v") + 1].split(":")
+    assert mount[0] == "$PWD/" + exported.rsplit("/", 1)[0] and mount[1] == "/models/mask2former"
+    assert exported.rsplit("/", 1)[1].isdigit()  # TF Serving reads numbered version folders
+    assert "MODEL_NAME=mask2former" in serving
