@@ -44,13 +44,17 @@ def parse_size(text: str) -> tuple[int, int]:
     return height, width
 
 
-def set_threads(threads: int) -> None:
-    import tensorflow as tf
-    import torch
+def set_threads(threads: int, frameworks=("tensorflow", "torch")) -> None:
+    """`threads` intra-op threads in each of `frameworks` (only those are imported)."""
+    if "tensorflow" in frameworks:
+        import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    torch.set_num_threads(threads)
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    if "torch" in frameworks:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def write_jpeg(folder: str, size: tuple[int, int]) -> str:
@@ -153,9 +157,10 @@ def matmul_rates(repeats: int = 5, n: int = 2048) -> dict[str, float]:
 
 
 def child(args) -> None:
-    """One side at one size in this (fresh) process: peak resident memory after two read-to-result calls."""
+    """One side at one size in this (fresh) process, importing only its framework: peak resident memory
+    after two read-to-result calls."""
     size = parse_size(args.sizes)
-    set_threads(args.threads)
+    set_threads(args.threads, ("torch",) if args.child == "reference" else ("tensorflow",))
     with tempfile.TemporaryDirectory() as tmp:
         path = write_jpeg(tmp, size)
         if args.child == "reference":
