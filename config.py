@@ -137,6 +137,7 @@ class InferenceConfig:
     instances_per_image: int = 100  # top-k over queries x classes
     score_threshold: float = 0.5  # only for rendering
     batch_size: int = 1
+    compile: str = "auto"  # "xla", "function" (TF graph), "eager"; auto: function on a TF CPU, else xla
 
 
 SECTIONS = {
@@ -263,6 +264,10 @@ class Mask2FormerConfig:
             (0.0 <= inf.overlap_threshold <= 1.0, "inference.overlap_threshold must be in [0, 1]"),
             (inf.instances_per_image >= 1, "inference.instances_per_image must be >= 1"),
             (inf.batch_size >= 1, "inference.batch_size must be >= 1"),
+            (
+                inf.compile in ("auto", "xla", "function", "eager"),
+                "inference.compile must be 'auto', 'xla', 'function' or 'eager'",
+            ),
         ]
         for ok, message in checks:
             if not ok:

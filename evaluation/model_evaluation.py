@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,7 +37,7 @@ from evaluation.files import read_json
 from evaluation.panoptic_quality import PanopticEvaluator, read_panoptic_png
 from evaluation.semantic import SemanticEvaluator
 from inference.postprocess import PostProcessor
-from inference.predictor import pad_batch, read_image, resize_for_test
+from inference.predictor import compiled, pad_batch, padded_shape, read_image, resize_for_test
 
 IGNORE_LABEL = 255  # semantic ground truth that is not evaluated
 
@@ -145,7 +145,8 @@ def evaluate_model(
     batch_size: int = 1,
     progress: bool = False,
 ) -> dict:
-    """Runs `model` (the model contract) over `eval_set` in batches and returns the task's metrics."""
+    """Runs `model` (the model contract; a Keras model runs through `CompiledModel`) over `eval_set` in
+    batches of one padded shape and returns the task's metrics."""
     postprocess = PostProcessor.from_config(config, isthing=eval_set.categories.isthing, task=task)
     evaluator = task_evaluator(task, eval_set)
     bar = None
@@ -153,8 +154,11 @@ def evaluate_model(
         import keras
 
         bar = keras.utils.Progbar(eval_set.num_images, unit_name="image")
+    model = compiled(model, config)
     done = 0
-    for batch in _batches(eval_set.samples, batch_size):
+
+    def run(batch: list[Sample]) -> None:
+        nonlocal done
         outputs = model(pad_batch([s.image for s in batch], config.model.pixel_mean), training=False)
         results = postprocess(outputs, [s.valid_size for s in batch], [s.original_size for s in batch])
         for sample, result in zip(batch, results, strict=True):
@@ -162,20 +166,22 @@ def evaluate_model(
         done += len(batch)
         if bar is not None:
             bar.update(done)
+
+    # Batches hold images of one padded shape (each image gets its result alone); at most
+    # 4 x batch_size images wait for their batch to fill.
+    pending: dict[tuple[int, int], list[Sample]] = {}
+    for sample in eval_set.samples:
+        key = padded_shape(*sample.image.shape[:2], config.model.size_divisibility)
+        pending.setdefault(key, []).append(sample)
+        if len(pending[key]) == batch_size:
+            run(pending.pop(key))
+        elif sum(len(waiting) for waiting in pending.values()) >= 4 * batch_size:
+            run(pending.pop(max(pending, key=lambda k: len(pending[k]))))
+    for waiting in pending.values():
+        run(waiting)
     if done == 0:
         raise ValueError("the validation set holds no images; nothing to evaluate")
     return evaluator.result()
-
-
-def _batches(samples: Iterable[Sample], batch_size: int) -> Iterator[list[Sample]]:
-    batch = []
-    for sample in samples:
-        batch.append(sample)
-        if len(batch) == batch_size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 # ------------------------------------------------------------------------------ COCO JSON sets

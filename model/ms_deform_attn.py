@@ -13,8 +13,54 @@ from keras import ops
 from model.layers import register
 
 
+def deformable_sample(value, spatial_shapes, locations, weights):
+    """Weighted bilinear samples of every head and level: one row gather per corner (grid_sample semantics).
+
+    Args:
+        value: (B, Lv, heads, D), the levels flattened row-major and concatenated.
+        spatial_shapes: `levels` (height, width) pairs, in the value's order.
+        locations: (B or 1, Lq, heads, levels, P, 2) points as (x, y) in [0, 1]; pixel centres sit at
+            (k + 0.5) / size; points outside the map contribute zeros (align_corners=False, zero padding).
+        weights: (B, Lq, heads, levels, P) weight of each sampled point.
+
+    Returns:
+        (B, Lq, heads, D): the sum over levels and points of weight * bilinear sample.
+    """
+    batch, num_values, heads, head_dim = (ops.shape(value)[i] for i in range(4))
+    dtype = locations.dtype
+    heights = ops.stack([ops.cast(h, "int32") for h, _ in spatial_shapes])  # (levels,)
+    widths = ops.stack([ops.cast(w, "int32") for _, w in spatial_shapes])
+    sizes = heights * widths
+    starts = ops.cumsum(sizes) - sizes  # first row of each level in the value
+    # broadcast per-level constants against (B, Lq, heads, levels, P)
+    heights, widths, starts = (ops.reshape(t, (1, 1, 1, -1, 1)) for t in (heights, widths, starts))
+    x = locations[..., 0] * ops.cast(widths, dtype) - 0.5
+    y = locations[..., 1] * ops.cast(heights, dtype) - 0.5
+    x0, y0 = ops.floor(x), ops.floor(y)
+    # Row r of the table is value[b, v, h] with r = (b * Lv + v) * heads + h: no transpose of the value.
+    table = ops.reshape(value, (-1, head_dim))  # (B * Lv * heads, D)
+    batch_rows = ops.reshape(ops.arange(batch, dtype="int32") * num_values, (-1, 1, 1, 1, 1))
+    head_index = ops.reshape(ops.arange(heads, dtype="int32"), (1, 1, -1, 1, 1))
+    result_shape = ops.shape(weights)
+    output = 0.0
+    for dx in (0, 1):
+        for dy in (0, 1):
+            xi, yi = x0 + dx, y0 + dy
+            corner = (1.0 - ops.abs(x - xi)) * (1.0 - ops.abs(y - yi)) * weights
+            xi, yi = ops.cast(xi, "int32"), ops.cast(yi, "int32")
+            inside = (xi >= 0) & (xi < widths) & (yi >= 0) & (yi < heights)
+            corner = ops.where(inside, corner, ops.zeros_like(corner))  # (B, Lq, heads, levels, P)
+            row = starts + ops.clip(yi, 0, heights - 1) * widths + ops.clip(xi, 0, widths - 1)
+            index = (batch_rows + row) * heads + head_index
+            gathered = ops.take(table, ops.reshape(index, (-1,)), axis=0)  # (B * Lq * heads * levels * P, D)
+            gathered = ops.reshape(gathered, (result_shape[0], result_shape[1], heads, -1, head_dim))
+            corner = ops.reshape(corner, (result_shape[0], result_shape[1], heads, -1, 1))
+            output = output + ops.sum(gathered * ops.cast(corner, value.dtype), axis=3)
+    return output  # (B, Lq, heads, D)
+
+
 def bilinear_sample(values, height, width, locations):
-    """Samples a flattened feature map at normalised locations (grid_sample, zero padding).
+    """Samples one flattened feature map at normalised locations (grid_sample, zero padding).
 
     Args:
         values: (N, height * width, C) row-major feature map.
@@ -24,24 +70,11 @@ def bilinear_sample(values, height, width, locations):
     Returns:
         (N, S, C) bilinearly interpolated values; points outside contribute zeros.
     """
-    x = locations[..., 0] * ops.cast(width, locations.dtype) - 0.5
-    y = locations[..., 1] * ops.cast(height, locations.dtype) - 0.5
-    x0, y0 = ops.floor(x), ops.floor(y)
-    result = 0.0
-    for dx in (0, 1):
-        for dy in (0, 1):
-            xi, yi = x0 + dx, y0 + dy
-            weight = (1.0 - ops.abs(x - xi)) * (1.0 - ops.abs(y - yi))  # (N, S)
-            inside = (
-                (xi >= 0) & (xi <= ops.cast(width - 1, x.dtype)) & (yi >= 0) & (yi <= ops.cast(height - 1, y.dtype))
-            )
-            weight = ops.where(inside, weight, ops.zeros_like(weight))
-            xi = ops.clip(ops.cast(xi, "int32"), 0, width - 1)
-            yi = ops.clip(ops.cast(yi, "int32"), 0, height - 1)
-            index = yi * width + xi  # (N, S)
-            gathered = ops.take_along_axis(values, index[..., None], axis=1)  # (N, S, C)
-            result = result + gathered * ops.cast(weight[..., None], values.dtype)
-    return result
+    n, s = ops.shape(locations)[0], ops.shape(locations)[1]
+    locations = ops.reshape(locations, (n, s, 1, 1, 1, 2))
+    weights = ops.ones((n, s, 1, 1, 1), locations.dtype)
+    sampled = deformable_sample(values[:, :, None, :], [(height, width)], locations, weights)
+    return sampled[:, :, 0]
 
 
 def _grid_bias(num_heads, num_levels, num_points):
@@ -106,24 +139,12 @@ class MultiScaleDeformableAttention(keras.layers.Layer):
         weights = ops.reshape(self.attention_weights(query), (batch, num_queries, heads, levels * points))
         weights = ops.reshape(ops.softmax(weights, axis=-1), (batch, num_queries, heads, levels, points))
 
-        output = 0.0
-        start = 0
-        for level, (height, width) in enumerate(spatial_shapes):
-            size = height * width
-            # [B, HW, C] -> [B * heads, HW, head_dim]
-            level_value = ops.reshape(value[:, start : start + size], (batch, size, heads, head_dim))
-            level_value = ops.reshape(ops.transpose(level_value, (0, 2, 1, 3)), (batch * heads, size, head_dim))
-            start = start + size
-            normalizer = ops.cast(ops.stack([width, height]), offsets.dtype)
-            locations = reference_points[:, :, None, None, :] + offsets[:, :, :, level] / normalizer  # (B, Lq, h, P, 2)
-            # [B, Lq, heads, P, 2] -> [B * heads, Lq * P, 2]
-            locations = ops.reshape(ops.transpose(locations, (0, 2, 1, 3, 4)), (batch * heads, num_queries * points, 2))
-            sampled = bilinear_sample(level_value, height, width, locations)  # (B * heads, Lq * P, head_dim)
-            sampled = ops.reshape(sampled, (batch, heads, num_queries, points, head_dim))
-            level_weights = ops.transpose(weights[:, :, :, level], (0, 2, 1, 3))  # (B, heads, Lq, P)
-            output = output + ops.sum(sampled * level_weights[..., None], axis=3)  # (B, heads, Lq, head_dim)
-        # [B, heads, Lq, head_dim] -> [B, Lq, heads * head_dim]
-        output = ops.reshape(ops.transpose(output, (0, 2, 1, 3)), (batch, num_queries, self.hidden_dim))
+        locations = reference_points[:, :, None, None, None, :] + offsets / ops.cast(
+            ops.stack([ops.stack([w, h]) for h, w in spatial_shapes])[:, None, :], offsets.dtype
+        )  # (B, Lq, heads, levels, P, 2), offsets in pixels of their level
+        value = ops.reshape(value, (batch, -1, heads, head_dim))
+        output = deformable_sample(value, spatial_shapes, locations, weights)  # (B, Lq, heads, head_dim)
+        output = ops.reshape(output, (batch, num_queries, self.hidden_dim))
         return self.output_proj(output)
 
     def get_config(self):

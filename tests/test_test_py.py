@@ -217,3 +217,46 @@ def test_model_file_errors_are_one_line(image_folder, tiny_model_files, tmp_path
     (tmp_path / "fake.weights.h5").write_bytes(b"not hdf5")
     with pytest.raises(SystemExit, match=r"fake\.weights\.h5 is not a readable Keras weights file"):
         test_program.main(["--weights", str(tmp_path / "fake.weights.h5"), *images])
+
+
+def test_image_alone_equals_image_in_a_batch_with_a_larger_one(tiny_model_files, tmp_path):
+    """The model's padding is not masked, so a batch is split by padded size: the small image's JSON
+    is the same whether it runs alone or in one batch with a larger image (--batch-size 2)."""
+    rng = np.random.default_rng(1)
+    alone, together = tmp_path / "alone", tmp_path / "together"
+    alone.mkdir(), together.mkdir()
+    small = rng.integers(0, 255, (64, 80, 3), np.uint8)  # padded to 64 x 96
+    Image.fromarray(small).save(alone / "a_small.png")
+    Image.fromarray(small).save(together / "a_small.png")
+    Image.fromarray(rng.integers(0, 255, (64, 120, 3), np.uint8)).save(together / "b_large.png")  # 64 x 128
+    folder = tiny_model_files
+    written = {}
+    for name, images in (("alone", alone), ("together", together)):
+        with contextlib.redirect_stdout(io.StringIO()):
+            test_program.main(["--model", str(folder / "tiny.keras"), "--images", str(images),
+                               "--output", str(tmp_path / f"out_{name}"), "--score-threshold", "0",
+                               "--batch-size", "2", "--set", "data.min_size_test=64", "data.max_size_test=128"])  # fmt: skip
+        written[name] = json.loads((tmp_path / f"out_{name}" / "a_small.json").read_text())["instances"]
+    assert len(written["alone"]) == len(written["together"]) > 0
+    for a, b in zip(written["alone"], written["together"], strict=True):
+        assert a["segmentation"] == b["segmentation"] and a["category_id"] == b["category_id"]
+        assert abs(a["score"] - b["score"]) <= 1e-5
+
+
+@pytest.mark.parametrize("mode", ["function", "xla", "eager"])
+def test_compiled_model_equals_the_model_and_compiles_once_per_shape(tiny_model_files, mode):
+    import keras
+
+    import model as _  # noqa: F401 - registers the layers
+    from inference.predictor import CompiledModel
+
+    network = keras.saving.load_model(str(tiny_model_files / "tiny.keras"))
+    runner = CompiledModel(network, mode)
+    rng = np.random.default_rng(2)
+    for shape in [(1, 64, 96, 3), (2, 64, 96, 3), (1, 64, 96, 3), (1, 96, 64, 3)]:
+        images = rng.uniform(0, 255, shape).astype(np.float32)
+        expected = network(images, training=False)
+        got = runner(images)
+        for key in ("pred_logits", "pred_masks"):
+            np.testing.assert_allclose(got[key], keras.ops.convert_to_numpy(expected[key]), atol=1e-4, rtol=1e-4)
+    assert sorted(runner.compile_seconds) == [(1, 64, 96, 3), (1, 96, 64, 3), (2, 64, 96, 3)]
