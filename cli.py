@@ -45,7 +45,7 @@ def parser(doc: str, **kwargs) -> argparse.ArgumentParser:
     """A parser whose description is the docstring's first paragraph and whose epilog holds its examples
     (the indented lines), with a `--verbose` flag."""
     paragraphs = textwrap.dedent(doc).strip().split("\n\n")
-    examples = [p for p in paragraphs if p.lstrip().startswith("python ") and p.startswith("    ")]
+    examples = [p for p in paragraphs if p.startswith("    ") and "python " in p]
     epilog = "examples:\n" + "\n\n".join(examples) if examples else None
     result = argparse.ArgumentParser(
         description=paragraphs[0],
@@ -91,6 +91,29 @@ def quiet_tensorflow(verbose: bool = False) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.getLogger("absl").setLevel(logging.ERROR)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+def import_tensorflow():
+    """Imports TensorFlow with its start-up lines silenced (unless `--verbose`) and returns it.
+
+    `TF_CPP_MIN_LOG_LEVEL` does not reach the lines absl prints before TensorFlow configures its logging
+    ("All log messages before absl::InitializeLog()", "Could not find cuda drivers"), so stderr is pointed
+    at /dev/null while the import runs. Scripts call this before anything that imports TensorFlow or Keras.
+    """
+    if "tensorflow" in sys.modules or _VERBOSE:
+        import tensorflow
+
+        return tensorflow
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    return tensorflow
 
 
 def one_line(error: BaseException) -> str:

@@ -261,7 +261,9 @@ class Mask2FormerConfig:
         """Builds a config from nested dicts; unknown sections or fields raise ConfigError."""
         config = base if base is not None else cls()
         if not isinstance(values, dict):
-            raise ConfigError(f"a config is a JSON object of sections {sorted(SECTIONS)}, not a {type(values).__name__}")
+            raise ConfigError(
+                f"a config is a JSON object of sections {sorted(SECTIONS)}, not a {type(values).__name__}"
+            )
         for section_name, section_values in values.items():
             if section_name not in SECTIONS:
                 raise ConfigError(f"unknown config section {section_name!r}; expected one of {sorted(SECTIONS)}")
@@ -419,9 +421,12 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> Mask2FormerConfig:
-    """Preset, then the JSON file, then --set overrides; validated."""
+def config_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> Mask2FormerConfig:
+    """Preset, then `defaults` ({"section.field": value}, e.g. the settings saved in a .keras model), then
+    the JSON file, then --set overrides; validated."""
     config = Mask2FormerConfig.preset(args.preset)
+    for key, value in (defaults or {}).items():
+        config.set(key, value)
     if args.config:
         try:
             Mask2FormerConfig.from_dict(_read_json(args.config), base=config)

@@ -21,18 +21,18 @@ ADE20K (label PNG pixel = category id; pixels of unlisted ids, e.g. 0, are ignor
         --categories_file=ade20k_categories.json --output_file_prefix=datasets/ade20k/tfrecords/train
 
 It prints one line per piece of bad input (`skipped (kind): file: reason`) and a summary with the
-counts; `--strict` stops at the first one instead. Exit status: 0 done, 1 stopped on bad input.
+counts; `--strict` stops at the first one instead. Shards are written under temporary names and
+renamed at the end, so a stopped conversion leaves none; converting no image at all is an error.
+Flags take underscores or hyphens (`--image_dir` = `--image-dir`). Exit status: 0 done, 1 stopped on
+bad input (one line naming the file), 2 bad flags.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-from data.coco_conversion import ConversionError, ConversionOptions, convert, summary  # noqa: E402
+import cli
 
 
 def _parse_bool(value: str) -> bool:
@@ -51,7 +51,7 @@ def _add_bool(parser: argparse.ArgumentParser, name: str, default: bool, help_te
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.parser(__doc__)
     parser.add_argument("--image_dir", required=True, help="folder of the images (file_name is relative to it)")
     parser.add_argument("--object_annotations_file", default="", help="COCO instances JSON")
     parser.add_argument("--panoptic_annotations_file", default="", help="COCO panoptic JSON")
@@ -61,17 +61,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--semantic_masks_dir", default="", help="folder of label PNGs named like the images")
     parser.add_argument("--categories_file", default="", help="JSON with 'categories' for --semantic_masks_dir")
     parser.add_argument("--output_file_prefix", required=True, help="shards are PREFIX-00000-of-NNNNN.tfrecord")
-    parser.add_argument("--num_shards", type=int, default=32)
+    parser.add_argument("--num_shards", type=int, default=32, help="how many shards to write (default: 32)")
     parser.add_argument("--num_workers", type=int, default=0, help="worker processes (0 = one per CPU core)")
     _add_bool(parser, "include_masks", True, "store one PNG mask per object (default true; Model Garden's is false)")
     _add_bool(parser, "include_panoptic_masks", True, "store the category and instance PNGs")
     _add_bool(parser, "panoptic_skip_crowd", False, "leave crowd segments out of the panoptic masks")
     _add_bool(parser, "strict", False, "stop at the first piece of bad input instead of skipping it")
-    return parser.parse_args(argv)
+    return cli.parse(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    cli.import_tensorflow()
+    from data.coco_conversion import ConversionError, ConversionOptions, convert, summary
+
     if args.caption_annotations_file:
         print("note: --caption_annotations_file is ignored (captions are not used for segmentation)", file=sys.stderr)
     options = ConversionOptions(
@@ -93,11 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stats = convert(options)
     except ConversionError as e:
-        print(f"\nconvert_coco_to_tfrecord.py: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 1
     print(summary(stats))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -57,12 +57,15 @@ def parse_args(argv: list[str] | None = None):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = config_from_args(args)
+    cli.import_tensorflow()
     from training.loop import train
 
     result = train(config, resume=args.resume, allow_config_change=args.allow_config_change)
     last_loss = result.history[-1]["loss_total"] if result.history else float("nan")
     if result.status == "interrupted":
-        saved = f"saved checkpoint {result.last_checkpoint}" if result.last_checkpoint else "no step done, nothing saved"
+        saved = (
+            f"saved checkpoint {result.last_checkpoint}" if result.last_checkpoint else "no step done, nothing saved"
+        )
         print(f"{result.signal_name} at step {result.step}: {saved}; run the same command again to resume")
         return cli.EXIT_INTERRUPTED if result.signal_name == "SIGINT" else cli.EXIT_TERMINATED
     if result.status != "finished":

@@ -21,9 +21,9 @@ from model import build_model
 from model.checkpoint import to_detectron2_state
 from tests.synthetic_coco import training_config, write_synthetic_tfrecords
 from training.checkpointing import TrainingCheckpoints
-from training.reporting import Progress
 from training.initialization import initialize_weights
 from training.optimizer import build_optimizer
+from training.reporting import Progress
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -248,8 +248,14 @@ def test_progress_in_a_log_is_one_plain_line_every_n_steps_with_a_moving_average
         progress.update(step, SCALARS, 8.0)
     lines = stream.getvalue().splitlines()
     assert "\r" not in stream.getvalue()
-    assert [line.split()[1] for line in lines] == ["1001/1100", "1020/1100", "1040/1100", "1060/1100",
-                                                   "1080/1100", "1100/1100"]
+    assert [line.split()[1] for line in lines] == [
+        "1001/1100",
+        "1020/1100",
+        "1040/1100",
+        "1060/1100",
+        "1080/1100",
+        "1100/1100",
+    ]
     assert lines[0].endswith("ETA --")  # no estimate during warm-up
     assert "loss 12.3457 " in lines[1] and "lr 1.00e-04" in lines[1] and "8.0 images/s" in lines[1]
     assert lines[1].endswith("ETA 0:01:20")  # 80 steps x 1 s: the slow first step is left out
