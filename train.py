@@ -14,7 +14,9 @@ non-finite step, and at the end
 The run folder (`train.output_dir`) receives `config.json` (the resolved config), `checkpoints/`
 (every `train.checkpoint_every` steps and at the end), `metrics.jsonl` (one line per step),
 `tensorboard/` (every loss term, lr, gradient norm, loss scale, rendered predictions) and, when it
-finishes, `model.weights.h5` for `test_map.py --config RUN/config.json --weights RUN/model.weights.h5`.
+finishes, `model.weights.h5` for `test_map.py --config RUN/config.json --weights RUN/model.weights.h5`
+and `model.keras` (the same model, carrying its test-time sizes, task, thresholds and class names) for
+`test.py --model RUN/model.keras`.
 
 Running it again with the same output_dir resumes from the newest checkpoint (model, optimizer,
 loss scale, step, schedule and data position); `--no-resume` refuses a folder that has checkpoints.

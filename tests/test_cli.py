@@ -25,30 +25,33 @@ SCRIPTS = [
     "tools/make_synthetic_dataset.py",
 ]
 HEAVY = ("tensorflow", "keras", "cv2", "torch", "PIL", "pycocotools", "matplotlib", "numpy")
-HELP_SECONDS = 3.0  # generous for a loaded shared machine; importing TensorFlow alone takes longer
+HELP_SECONDS = 1.0  # on an idle machine; under load the bound grows with a bare interpreter's start-up
 
 
 def test_help_is_fast_and_imports_nothing_heavy():
-    """`python SCRIPT --help` in a fresh process: wall time and the modules it imported (-X importtime)."""
+    """`python SCRIPT --help` in a fresh process: the modules it imports (-X importtime) and its wall time,
+    which must stay under 1 s, or 10 bare interpreter start-ups on a loaded machine (TensorFlow alone is
+    about 40)."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     timings = {}
     for script in SCRIPTS:
-        start = time.perf_counter()
         done = subprocess.run(
             [sys.executable, "-X", "importtime", script, "--help"], cwd=ROOT, env=env, capture_output=True, text=True
         )
-        timings[script] = time.perf_counter() - start
         assert done.returncode == 0, done.stderr[-2000:]
         assert "usage:" in done.stdout and "examples:" in done.stdout and "python " in done.stdout, script
         imported = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines() if "|" in line}
         assert not imported & set(HEAVY), f"{script} --help imports {sorted(imported & set(HEAVY))}"
-    bare = time.perf_counter()
+        start = time.perf_counter()
+        subprocess.run([sys.executable, script, "--help"], cwd=ROOT, env=env, capture_output=True, check=True)
+        timings[script] = time.perf_counter() - start
+    start = time.perf_counter()
     subprocess.run([sys.executable, "-c", "pass"], check=True)
-    bare = time.perf_counter() - bare
+    bare = time.perf_counter() - start
     print(
         "\n--help wall time (s): " + ", ".join(f"{s} {t:.2f}" for s, t in timings.items()) + f"; bare python {bare:.2f}"
     )
-    assert max(timings.values()) < HELP_SECONDS, timings
+    assert max(timings.values()) < max(HELP_SECONDS, 10 * bare), timings
 
 
 class _Captured(Exception):
@@ -147,3 +150,19 @@ def test_verbose_brings_back_tensorflow_logs(monkeypatch):
     cli.quiet_tensorflow(verbose=True)
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
     cli.quiet_tensorflow(verbose=False)
+
+
+def test_a_real_failure_after_running_tensorflow_is_exactly_one_line(tmp_path):
+    """Empty shards read by TensorFlow: no start-up lines (CUDA probing, absl, cpu_feature_guard), no
+    traceback; one line naming the pattern, exit 2, nothing written."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    for i in range(2):
+        (tmp_path / f"train-{i:05d}-of-00002.tfrecord").write_bytes(b"")
+    (tmp_path / "categories.json").write_text('{"categories": [{"id": 1, "name": "thing"}]}')
+    pattern = str(tmp_path / "train-*.tfrecord")
+    argv = ["--raw", "--set", f"data.train_files={pattern}", "model.num_classes=1", "--output_dir", str(tmp_path / "o")]
+    done = subprocess.run([sys.executable, "test_dataset.py", *argv], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == "" and done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
+    assert done.stderr.startswith(f"error: data.train_files {pattern} holds no usable records"), done.stderr
+    assert not (tmp_path / "o").exists()

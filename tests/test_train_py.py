@@ -50,6 +50,11 @@ def straight_run(tmp_path_factory):
     output = straight.communicate(timeout=600)[0]
     assert straight.returncode == 0, output
     assert "finished: 14 steps" in output
+    from inference.loading import model_settings
+
+    settings = model_settings(str(tmp_path / "run" / "model.keras"))  # the final model carries its settings
+    assert [c["name"] for c in settings["categories"]] == ["square", "disc"]
+    assert settings["config"]["data.min_size_test"] == config.data.min_size_test
     return pattern, _losses(tmp_path / "run")
 
 

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from config import ConfigError, Mask2FormerConfig, check_resume_config
 from data.pipeline import load_categories
+from inference.loading import save_model
 from inference.postprocess import PostProcessor
 from losses import build_criterion
 from model import build_model
@@ -36,6 +37,7 @@ from training.schedules import build_schedule
 from training.train_step import TrainStep
 
 FINAL_WEIGHTS = "model.weights.h5"
+FINAL_MODEL = "model.keras"
 
 
 @dataclass
@@ -213,8 +215,12 @@ def _train(config, resume, allow_config_change, criterion, stop: StopRequests) -
         if current != saved_step:
             last_checkpoint = checkpoints.save()
     if status == "finished" and chief:
-        # Keras weights of the final model, for test.py / test_map.py --weights with this run's config.json.
+        # Keras weights of the final model, for test.py / test_map.py --weights with this run's config.json,
+        # and a float32 .keras carrying the inference settings and class names, for --model.
         model.save_weights(os.path.join(t.output_dir, FINAL_WEIGHTS))
+        final = build_model(config)
+        final.set_weights(model.get_weights())
+        save_model(final, os.path.join(t.output_dir, FINAL_MODEL), config, categories)
     if status == "stopped_nonfinite":
         reporter.message(
             f"stopped after {nonfinite_in_a_row} non-finite losses in a row at step {current}; the last good "
