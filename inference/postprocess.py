@@ -106,6 +106,23 @@ def _chunks(count: int, size: int):
         yield start, min(count, start + size)
 
 
+def _reorder_rows(array: np.ndarray, order: np.ndarray) -> None:
+    """array[:] = array[order] in place, one row of scratch memory (following the permutation's cycles)."""
+    placed = np.zeros(len(order), bool)
+    for start in range(len(order)):
+        if placed[start]:
+            continue
+        saved, i = array[start].copy(), start
+        while True:
+            placed[i] = True
+            j = order[i]
+            if j == start:
+                array[i] = saved
+                break
+            array[i] = array[j]
+            i = j
+
+
 def semantic_inference(class_logits, mask_logits):
     """(Q, K+1), (Q, H, W) -> (K, H, W) class probabilities: einsum(softmax[:, :K], sigmoid)."""
     class_probs = ops.softmax(ops.cast(class_logits, "float32"), axis=-1)[:, :-1]
@@ -233,7 +250,7 @@ def instance_inference(
         del logits, binary, chunk_masks
     scores = top_scores * mask_quality[row_of]
     order = np.argsort(-scores, kind="stable")
-    masks = masks[order]
+    _reorder_rows(masks, order)  # masks[order] without a second (N, H, W) array
     return InstanceResult(
         masks=masks,
         scores=scores[order].astype(np.float32),

@@ -47,7 +47,7 @@ def straight_run(tmp_path_factory):
     config = training_config(pattern, str(tmp_path / "run"), max_steps=14, checkpoint_every=4)
     config.save(str(tmp_path / "straight.json"))
     straight = _train_py(tmp_path / "straight.json")
-    output = straight.communicate(timeout=600)[0]
+    output = straight.communicate(timeout=1800)[0]
     assert straight.returncode == 0, output
     assert "finished: 14 steps" in output
     from inference.loading import model_settings
@@ -76,7 +76,7 @@ def test_sigterm_and_sigint_save_the_current_step_and_resume_exactly(straight_ru
     run = _train_py(tmp_path / "c.json")
     _wait_for_steps(run, tmp_path / "run", 5)  # past the checkpoint of step 4, before that of step 8
     run.send_signal(getattr(signal, signal_name))
-    output = run.communicate(timeout=300)[0]
+    output = run.communicate(timeout=900)[0]
     step = max(_losses(tmp_path / "run"))
     assert 5 <= step < 14, output
     assert run.returncode == {"SIGINT": 130, "SIGTERM": 143}[signal_name], output
@@ -87,7 +87,7 @@ def test_sigterm_and_sigint_save_the_current_step_and_resume_exactly(straight_ru
     assert not list((tmp_path / "run" / "checkpoints").glob("*_temp*"))
 
     resumed = _train_py(tmp_path / "c.json")
-    output = resumed.communicate(timeout=600)[0]
+    output = resumed.communicate(timeout=1800)[0]
     assert resumed.returncode == 0, output
     assert f"at step {step}" in output
     after = _losses(tmp_path / "run")

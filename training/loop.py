@@ -107,7 +107,9 @@ def _train(config, resume, allow_config_change, criterion, stop: StopRequests) -
     config_changes = []
     if newest:
         config_changes = check_resume_config(os.path.join(t.output_dir, CONFIG_FILE), config, allow_config_change)
-        done = int(tf.train.load_checkpoint(newest).get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE"))
+        reader = tf.train.load_checkpoint(newest)
+        key = "step/.ATTRIBUTES/VARIABLE_VALUE"
+        done = int(reader.get_tensor(key)) if reader.has_tensor(key) else 0
         if done > t.max_steps:
             raise ConfigError(
                 f"{t.output_dir} is already at step {done}, past train.max_steps={t.max_steps}; "
