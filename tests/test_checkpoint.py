@@ -207,7 +207,7 @@ def test_keras_files_and_folders_given_as_detectron2_checkpoints_say_what_they_a
     with pytest.raises(CheckpointError, match=r"model\.weights\.h5 is a Keras weights file .* needs no conversion"):
         read_detectron2_checkpoint(str(tmp_path / "model.weights.h5"))
     (tmp_path / "model.keras").write_bytes(b"PK\x03\x04" + b"\0" * 64)
-    with pytest.raises(CheckpointError, match=r"model\.keras is a saved \.keras model .* as --model"):
+    with pytest.raises(CheckpointError, match=r"model\.keras is a saved \.keras model.* as --model"):
         read_detectron2_checkpoint(str(tmp_path / "model.keras"))
     with pytest.raises(CheckpointError, match="is a folder, not a file"):
         read_detectron2_checkpoint(str(tmp_path))
