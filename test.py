@@ -82,6 +82,8 @@ def main(argv=None) -> int:
             else load_categories(categories_file, config.model.num_classes)
         )
         predictor = Predictor(model, config, isthing=categories.isthing)
+        # only results that can reach the threshold are drawn and written: make no full-size mask for others
+        predictor.postprocess.min_score = config.inference.score_threshold
         written, skipped = run(
             predictor,
             image_paths,

@@ -212,6 +212,7 @@ def instance_inference(
     *,
     output_size: tuple[int, int] | None = None,
     chunk: int | None = None,
+    min_score: float = 0.0,
 ) -> InstanceResult:
     """Official `instance_inference` on (Q, K+1) logits and (Q, H, W) mask logits at output size.
 
@@ -221,6 +222,8 @@ def instance_inference(
 
     `mask_logits` may also be a function query indices -> their (n, H, W) logits at `output_size`: then
     only the queries of the kept results are made, `chunk` distinct queries at a time (the same result).
+    `min_score` > 0 leaves out the results that cannot score that much (their class score is lower), so
+    that a caller drawing only those needs no mask of the others; 0 keeps the official top-k.
     """
     num_queries, num_classes = class_logits.shape[0], class_logits.shape[-1] - 1
     class_probs = ops.softmax(ops.cast(class_logits, "float32"), axis=-1)[:, :-1]
@@ -231,6 +234,9 @@ def instance_inference(
     top_scores = ops.convert_to_numpy(top_scores)
     if thing_classes_only is not None:
         chosen = np.asarray(thing_classes_only)[labels]
+        labels, queries, top_scores = labels[chosen], queries[chosen], top_scores[chosen]
+    if min_score > 0:  # score = class score x mask quality (<= 1): these can never reach min_score
+        chosen = top_scores >= min_score
         labels, queries, top_scores = labels[chosen], queries[chosen], top_scores[chosen]
 
     source = _mask_source(mask_logits)
@@ -272,6 +278,8 @@ class PostProcessor:
         object_mask_threshold, overlap_threshold: panoptic thresholds (official: 0.8, 0.8).
         instances_per_image: instance top-k (official: 100).
         chunk_pixels: full-resolution values made at a time (memory bound; the result does not depend on it).
+        min_score: instance results that cannot reach this score are left out (test.py: its drawing
+            threshold); 0 keeps the official top-k (evaluation).
     """
 
     def __init__(
@@ -282,6 +290,7 @@ class PostProcessor:
         overlap_threshold: float = 0.8,
         instances_per_image: int = 100,
         chunk_pixels: int = CHUNK_PIXELS,
+        min_score: float = 0.0,
     ):
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -291,6 +300,7 @@ class PostProcessor:
         self.overlap_threshold = overlap_threshold
         self.instances_per_image = instances_per_image
         self.chunk_pixels = chunk_pixels
+        self.min_score = min_score
 
     @classmethod
     def from_config(cls, config, isthing=None, task: str | None = None) -> PostProcessor:
@@ -357,5 +367,11 @@ class PostProcessor:
             )
         things_only = isthing if not isthing.all() else None
         return instance_inference(
-            class_logits, full_size, self.instances_per_image, things_only, output_size=original_size, chunk=chunk
+            class_logits,
+            full_size,
+            self.instances_per_image,
+            things_only,
+            output_size=original_size,
+            chunk=chunk,
+            min_score=self.min_score,
         )

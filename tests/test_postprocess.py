@@ -318,3 +318,16 @@ def test_chunked_post_processing_equals_whole_arrays_exactly(task):
             np.testing.assert_array_equal(whole.masks, reference.masks)
             np.testing.assert_array_equal(whole.scores, reference.scores)
             assert whole.masks[0].T.flags["C_CONTIGUOUS"]  # column-major per mask, for RLE encoding
+
+
+def test_min_score_keeps_exactly_the_results_that_reach_it():
+    """test.py draws and writes only results scoring >= its threshold: min_score makes only those."""
+    rng = np.random.default_rng(5)
+    cls, masks = random_outputs(rng, 30, 7, (24, 32))
+    outputs, sizes = {"pred_logits": cls[None], "pred_masks": masks[None]}, ([(70, 101)], [(53, 77)])
+    (everything,) = PostProcessor("instance")(outputs, *sizes)
+    (kept,) = PostProcessor("instance", min_score=0.5)(outputs, *sizes)
+    reaching = everything.scores >= 0.5
+    assert 0 < reaching.sum() < len(everything.scores) and len(kept.scores) >= reaching.sum()
+    np.testing.assert_array_equal(kept.scores[kept.scores >= 0.5], everything.scores[reaching])
+    np.testing.assert_array_equal(kept.masks[kept.scores >= 0.5], everything.masks[reaching])
