@@ -338,3 +338,20 @@ def test_imagenet_backbone_loads_the_backbone_only(tmp_path):
     for name, value in to_detectron2_state(source).items():
         expected = value if name.startswith("backbone.") else heads_before[name]
         np.testing.assert_array_equal(loaded[name], expected, err_msg=name)
+
+
+def test_stop_requests_remember_the_first_signal_and_stop_at_once_on_the_second():
+    import signal as signals
+
+    from training.loop import StopRequests
+
+    before = signals.getsignal(signals.SIGINT)
+    for name in ("SIGINT", "SIGTERM"):
+        with StopRequests() as stop:
+            os.kill(os.getpid(), getattr(signals, name))
+            time.sleep(0.1)  # the handler runs between bytecodes of the main thread
+            assert stop.signal_name == name
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), getattr(signals, name))
+                time.sleep(0.1)
+    assert signals.getsignal(signals.SIGINT) is before
