@@ -300,3 +300,16 @@ def test_a_saved_model_carries_its_inference_settings(image_folder, tiny_model_f
     assert written["plain"] != written["weights"]  # 800 / 1333 test size of the default preset
     assert any(entry["category_name"] == "shape 0" or entry["category_name"].startswith("shape")
                for record in written["with_settings"].values() for entry in record["instances"])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_12_megapixel_photo_stays_under_3_gb():
+    """test.py (fresh process) on 4000 x 3000 with the 80-class, 100-query R50 model: peak RSS < 3 GB."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "memory_12mp.py"
+    spec = importlib.util.spec_from_file_location("memory_12mp", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--score_threshold", "0.5"]) < 3.0
