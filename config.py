@@ -282,9 +282,15 @@ class Mask2FormerConfig:
     def from_dict(cls, values: dict[str, Any], base: Mask2FormerConfig | None = None) -> Mask2FormerConfig:
         """Builds a config from nested dicts; unknown sections or fields raise ConfigError."""
         config = base if base is not None else cls()
+        if not isinstance(values, dict):
+            raise ConfigError(
+                f"a config is a JSON object of sections {sorted(SECTIONS)}, not a {type(values).__name__}"
+            )
         for section_name, section_values in values.items():
             if section_name not in SECTIONS:
                 raise ConfigError(f"unknown config section {section_name!r}; expected one of {sorted(SECTIONS)}")
+            if not isinstance(section_values, dict):
+                raise ConfigError(f"config section {section_name!r} must be a JSON object of fields")
             for key, value in section_values.items():
                 config.set(f"{section_name}.{key}", value)
         return config
@@ -533,7 +539,9 @@ PRESETS = {
 def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Adds --preset, --config and --set to a script's parser."""
     group = parser.add_argument_group("configuration")
-    group.add_argument("--preset", default="coco_instance", choices=sorted(PRESETS), help="starting recipe")
+    group.add_argument(
+        "--preset", default="coco_instance", choices=sorted(PRESETS), help="starting recipe (default: coco_instance)"
+    )
     group.add_argument("--config", default=None, help="JSON file with overrides (as written by config.save)")
     group.add_argument(
         "--set",
@@ -545,11 +553,18 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> Mask2FormerConfig:
-    """Preset, then the JSON file, then --set overrides; validated."""
+def config_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> Mask2FormerConfig:
+    """Preset, then `defaults` ({"section.field": value}, e.g. the settings saved in a .keras model), then
+    the JSON file, then --set overrides; validated."""
     config = Mask2FormerConfig.preset(args.preset)
+    for key, value in (defaults or {}).items():
+        config.set(key, value)
     if args.config:
-        Mask2FormerConfig.from_dict(_read_json(args.config), base=config)
+        try:
+            Mask2FormerConfig.from_dict(_read_json(args.config), base=config)
+        except ConfigError as e:
+            message = str(e)
+            raise ConfigError(message if args.config in message else f"config file {args.config}: {message}") from None
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
@@ -558,11 +573,70 @@ def config_from_args(args: argparse.Namespace) -> Mask2FormerConfig:
     return config.validate()
 
 
+# Fields a resumed run may change: how long it runs (not shorter than where it is), what it logs and keeps,
+# where it is, what evaluation and rendering use.
+RESUMABLE_CHANGES = {
+    "train.max_steps",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.max_nonfinite_steps",
+    "train.output_dir",
+    "data.val_files",
+    "inference.score_threshold",
+    "inference.batch_size",
+}
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """`section.field: old -> new` for every field that differs between two `to_dict()` configs."""
+    changes = []
+    for section in sorted(set(old) | set(new)):
+        before, after = old.get(section, {}), new.get(section, {})
+        for key in sorted(set(before) | set(after)):
+            a, b = before.get(key), after.get(key)
+            if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+                a, b = list(a), list(b)
+            if a != b:
+                changes.append(f"{section}.{key}: {_as_text(a)} -> {_as_text(b)}")
+    return changes
+
+
+def check_resume_config(path: str, config: Mask2FormerConfig, allow_change: bool) -> list[str]:
+    """Compares `config` with the run folder's saved config.json at `path` before a resume.
+
+    Returns the differences (all harmless, or accepted with `allow_change`); raises ConfigError listing
+    those outside `RESUMABLE_CHANGES` otherwise. A missing or unreadable saved config counts as no change.
+    """
+    try:
+        saved = _read_json(path)
+        Mask2FormerConfig.from_dict(saved)  # only a config this version reads is compared
+    except ConfigError:
+        return []
+    changes = config_differences(saved, config.to_dict())
+    blocking = [c for c in changes if c.split(":")[0] not in RESUMABLE_CHANGES]
+    if blocking and not allow_change:
+        folder = os.path.dirname(path) or "."
+        raise ConfigError(
+            f"{folder} was trained with another config ({'; '.join(blocking)}); resume with the same "
+            "settings, set another train.output_dir for a new run, or pass --allow_config_change to resume anyway"
+        )
+    return changes
+
+
+def _as_text(value: Any) -> str:
+    return json.dumps(value) if value is not None else "none"
+
+
 def _read_json(path: str) -> dict[str, Any]:
     try:
         with open(path) as f:
             return json.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist; check the path") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder; pass the JSON file (e.g. RUN/config.json)") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"config file {path} is not valid JSON ({e}); fix or regenerate it") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not a text file; pass a JSON config") from None

@@ -28,18 +28,18 @@ labelme or CVAT annotations (COCO JSON of them written as PREFIX.json; 10% held 
         --output_file_prefix=datasets/mydata/train --num_shards=8 --val_fraction=0.1
 
 It prints one line per piece of bad input (`skipped (kind): file: reason`) and a summary with the
-counts; `--strict` stops at the first one instead. Exit status: 0 done, 1 stopped on bad input.
+counts; `--strict` stops at the first one instead. Shards are written under temporary names and
+renamed at the end, so a stopped conversion leaves none; converting no image at all is an error.
+Flags take underscores or hyphens (`--image_dir` = `--image-dir`). Exit status: 0 done, 1 stopped on
+bad input (one line naming the file), 2 bad flags.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-from data.coco_conversion import ConversionError, ConversionOptions, convert, summary  # noqa: E402
+import cli
 
 
 def _parse_bool(value: str) -> bool:
@@ -58,7 +58,7 @@ def _add_bool(parser: argparse.ArgumentParser, name: str, default: bool, help_te
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.parser(__doc__)
     parser.add_argument(
         "--image_dir",
         default="",
@@ -82,13 +82,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--val_output_file_prefix", default="", help="their shards (default: DIR/val beside PREFIX)")
     parser.add_argument("--split_seed", type=int, default=0, help="seed of the train/val split")
     parser.add_argument("--output_file_prefix", required=True, help="shards are PREFIX-00000-of-NNNNN.tfrecord")
-    parser.add_argument("--num_shards", type=int, default=32)
+    parser.add_argument("--num_shards", type=int, default=32, help="how many shards to write (default: 32)")
     parser.add_argument("--num_workers", type=int, default=0, help="worker processes (0 = one per CPU core)")
     _add_bool(parser, "include_masks", True, "store one PNG mask per object (default true; Model Garden's is false)")
     _add_bool(parser, "include_panoptic_masks", True, "store the category and instance PNGs")
     _add_bool(parser, "panoptic_skip_crowd", False, "leave crowd segments out of the panoptic masks")
     _add_bool(parser, "strict", False, "stop at the first piece of bad input instead of skipping it")
-    args = parser.parse_args(argv)
+    args = cli.parse(parser, argv)
     if not args.image_dir and not args.labelme_dir:
         parser.error("--image_dir is required (except with --labelme_dir, where images sit beside the JSON files)")
     if args.labelme_class_pngs and not args.labelme_dir:
@@ -98,6 +98,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    cli.import_tensorflow()
+    from data.coco_conversion import ConversionError, ConversionOptions, convert, summary
+
     if args.caption_annotations_file:
         print("note: --caption_annotations_file is ignored (captions are not used for segmentation)", file=sys.stderr)
     options = ConversionOptions(
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stats = convert(options)
     except ConversionError as e:
-        print(f"\nconvert_coco_to_tfrecord.py: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 1
     print(summary(stats))
     if args.labelme_class_pngs:
@@ -137,4 +140,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

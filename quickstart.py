@@ -10,26 +10,22 @@
 5. renders predictions on 8 held-out images to images/quickstart/ and plots the learning curve to
    runs/quickstart/learning_curve.png;
 and ends with the line `held-out mask AP: ...`. Any `--set section.field=value` override is passed
-to the configuration (e.g. `--set train.max_steps=200` for a shorter run).
+to the configuration; a run folder keeps the settings it was started with (train.py refuses to resume
+it with others), so give a changed run its own folder, e.g. a shorter one:
+
+    python quickstart.py --set train.max_steps=200 train.output_dir=runs/quickstart_200
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-import convert_coco_to_tfrecord  # noqa: E402
-from config import Mask2FormerConfig  # noqa: E402
-from data.synthetic import SyntheticSpec, write_dataset  # noqa: E402
+import cli
+from config import Mask2FormerConfig
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DATA_DIR = "datasets/quickstart"
@@ -38,6 +34,9 @@ SPLITS = {"train": 400, "val": 100}
 
 
 def make_data(config: Mask2FormerConfig) -> None:
+    import convert_coco_to_tfrecord
+    from data.synthetic import SyntheticSpec, write_dataset
+
     """Synthetic images + COCO annotations, then TFRecords (skipped when already there)."""
     if os.path.exists(config.data.categories_file):
         print(f"[1/5] data: reusing {DATA_DIR}")
@@ -58,6 +57,9 @@ def make_data(config: Mask2FormerConfig) -> None:
 
 
 def write_montage(folder: str, names: list[str]) -> str:
+    import cv2
+    import numpy as np
+
     """The rendered images side by side in two rows: images/quickstart/montage.png."""
     tiles = [cv2.imread(os.path.join(folder, name)) for name in names]
     rows = [np.concatenate(tiles[i : i + 4], axis=1) for i in range(0, len(tiles), 4)]
@@ -104,9 +106,12 @@ def plot_learning_curve(run_dir: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> float:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.parser(__doc__)
     parser.add_argument("--set", nargs="+", default=[], metavar="SECTION.FIELD=VALUE", help="config overrides")
-    args = parser.parse_args(argv)
+    args = cli.parse(parser, argv)
+    cli.import_tensorflow()
+    import cv2
+
     config = Mask2FormerConfig.preset("quickstart")
     for item in args.set:
         key, _, value = item.partition("=")
@@ -176,4 +181,4 @@ def main(argv: list[str] | None = None) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

@@ -25,45 +25,56 @@ It prints a table and writes `metrics.json`: `{"segm": {"AP": ..., 12 COCO stats
 for panoptic `{"All": {"pq", "sq", "rq", "n"}, "Things": ..., "Stuff": ..., "per_class": {id: ...}}`,
 for semantic `{"mIoU", "fwIoU", "mACC", "pACC", "per_class": {name: {"IoU", "ACC"}}}`.
 On the cocoapi fake results (`../shared/testdata/coco_eval`) it prints segm AP 31.95, bbox AP 50.46.
+The ground truth is checked before any work (unknown category ids, negative areas, polygons of fewer
+than 3 points, annotations of missing images: one line naming the file and the annotation id). A
+`.keras` model brings its own test-time resize, task and thresholds. Exit status: 0 done, 2 bad input.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
 import sys
 
+import cli
 from config import ConfigError, add_config_arguments, config_from_args
-from evaluation.files import evaluate_prediction_files, read_json
-from evaluation.tables import coco_table, panoptic_table, semantic_table
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv=None):
+    parser = cli.parser(__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="a saved .keras model to evaluate (e.g. a converted official checkpoint)")
     source.add_argument("--weights", help="weights of the configured model: detectron2 .pkl or Keras .weights.h5")
     source.add_argument("--predictions", help="predictions made elsewhere: COCO results JSON or COCO panoptic JSON")
     parser.add_argument("--gt", default=None, help="ground truth: COCO instances JSON or COCO panoptic JSON")
-    parser.add_argument("--gt-dir", default=None, help="panoptic ground-truth PNG folder (default: --gt without .json)")
+    parser.add_argument("--gt_dir", default=None, help="panoptic ground-truth PNG folder (default: --gt without .json)")
     parser.add_argument(
-        "--pred-dir", default=None, help="panoptic prediction PNG folder (default: --predictions without .json)"
+        "--pred_dir", default=None, help="panoptic prediction PNG folder (default: --predictions without .json)"
     )
     parser.add_argument("--images", default=None, help="image folder of the --gt JSON (model evaluation)")
     parser.add_argument("--tfrecords", default=None, help="TFRecord file pattern (default: data.val_files)")
     parser.add_argument("--task", choices=("instance", "panoptic", "semantic"), help="overrides inference.task")
-    parser.add_argument("--batch-size", type=int, help="overrides inference.batch_size")
+    parser.add_argument("--batch_size", type=int, help="overrides inference.batch_size")
     parser.add_argument("--device", default=None, help="TensorFlow device, e.g. /GPU:0 or /CPU:0")
     parser.add_argument("--output", default="metrics.json", help="where to write the metrics JSON")
     parser.add_argument("--workers", type=int, default=None, help="threads for panoptic images (default: CPUs, max 8)")
     add_config_arguments(parser)
-    return parser.parse_args(argv)
+    return cli.parse(parser, argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.gt:
+        from evaluation.ground_truth import check_ground_truth
+
+        try:
+            check_ground_truth(args.gt)
+        except (FileNotFoundError, ValueError) as e:
+            sys.exit(f"error: {e}")
+    from evaluation.files import read_json
+    from evaluation.tables import coco_table, panoptic_table, semantic_table
+
     if args.predictions:
         if not args.gt:
             sys.exit("error: --predictions needs the ground truth as --gt")
@@ -85,6 +96,8 @@ def main(argv=None) -> dict:
 
 
 def evaluate_files(args) -> tuple[str, dict]:
+    from evaluation.files import evaluate_prediction_files
+
     try:
         return evaluate_prediction_files(args.gt, args.predictions, args.gt_dir, args.pred_dir, args.workers)
     except (FileNotFoundError, KeyError, ValueError) as e:
@@ -96,7 +109,10 @@ def evaluate_model_args(args) -> tuple[str, dict, dict]:
 
     Returns (task, metrics, {category id: name})."""
     try:
-        config = config_from_args(args)
+        from inference.loading import model_settings, settings_overrides
+
+        settings = model_settings(args.model) if args.model else {}
+        config = config_from_args(args, defaults=settings_overrides(settings))
         if args.task:
             config.set("inference.task", args.task)
         if args.batch_size is not None:
@@ -107,7 +123,7 @@ def evaluate_model_args(args) -> tuple[str, dict, dict]:
     except (ConfigError, ValueError) as e:
         sys.exit(f"error: {e}")
 
-    import tensorflow as tf
+    tf = cli.import_tensorflow()
 
     from evaluation.model_evaluation import coco_json_eval_set, evaluate_model, tfrecord_eval_set
     from inference.loading import load_model
@@ -136,4 +152,4 @@ def write_metrics(metrics: dict, path: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

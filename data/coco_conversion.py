@@ -94,13 +94,66 @@ class Problem:
 
 # ------------------------------------------------------------------ planning
 def _load_json(path: str) -> dict:
+    """A COCO-style JSON object; ConversionError naming the file when it is missing, not JSON, or not an object."""
     try:
         with open(path) as f:
-            return json.load(f)
+            data = json.load(f)
     except FileNotFoundError:
         raise ConversionError(f"annotation file {path} does not exist; check the path") from None
-    except json.JSONDecodeError as e:
+    except IsADirectoryError:
+        raise ConversionError(f"annotation file {path} is a folder; pass the JSON file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConversionError(f"annotation file {path} is not valid JSON ({e}); re-export it") from None
+    if not isinstance(data, dict):
+        raise ConversionError(
+            f"annotation file {path} holds a JSON {type(data).__name__}, not a COCO object with "
+            "'images', 'annotations' and 'categories'; export it in COCO format"
+        )
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key, []), list):
+            raise ConversionError(f"annotation file {path}: '{key}' must be a list")
+    return data
+
+
+def _images(data: dict, path: str, problems: list) -> dict[int, dict]:
+    """The usable `images` entries by id; entries without an integer `id` or a `file_name` become problems."""
+    images = {}
+    for n, im in enumerate(data.get("images", [])):
+        try:
+            images[int(im["id"])] = im
+            str(im["file_name"])
+        except (KeyError, TypeError, ValueError) as e:
+            images.pop(im.get("id") if isinstance(im, dict) else None, None)
+            problems.append(Problem("bad image entry", path, f"images[{n}] has no usable {e} ({str(im)[:80]})"))
+    return images
+
+
+def _image_id(ann, path: str, problems: list, images: dict) -> int | None:
+    """The annotation's image id if that image is listed; else a problem is recorded and None returned."""
+    try:
+        image_id = int(ann["image_id"])
+    except (KeyError, TypeError, ValueError):
+        where = ann.get("id", ann.get("file_name")) if isinstance(ann, dict) else ann
+        problems.append(Problem("bad annotation", path, f"annotation {str(where)[:60]} has no usable 'image_id'"))
+        return None
+    if image_id not in images:
+        name = ann.get("id", ann.get("file_name"))
+        problems.append(
+            Problem(
+                "annotation for a missing image",
+                path,
+                f"annotation {name} refers to image id {image_id}, which is not in 'images'",
+            )
+        )
+        return None
+    return image_id
+
+
+def _categories(data: dict, path: str) -> Categories:
+    try:
+        return Categories.from_coco(data.get("categories", []))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConversionError(f"annotation file {path}: 'categories' is malformed ({e}); each needs an 'id'") from None
 
 
 def _read_tool_source(options: ConversionOptions):
@@ -136,48 +189,35 @@ def _plan(options: ConversionOptions) -> tuple[list[dict], Categories, Categorie
     annotation_name = options.labelme_dir or options.cvat_xml or options.object_annotations_file
 
     if options.object_annotations_file or source is not None:
-        data = source.coco if source is not None else _load_json(options.object_annotations_file)
+        path = annotation_name
+        data = source.coco if source is not None else _load_json(path)
         problems.extend(source.problems if source is not None else ())
-        images.update({int(im["id"]): im for im in data.get("images", [])})
-        instance_categories = Categories.from_coco(data.get("categories", []))
+        images.update(_images(data, path, problems))
+        instance_categories = _categories(data, path)
         for ann in data.get("annotations", []):
-            if int(ann["image_id"]) not in images:
-                problems.append(
-                    Problem(
-                        "annotation for a missing image",
-                        annotation_name,
-                        f"annotation {ann.get('id')} refers to image id {ann['image_id']}, which is not in 'images'",
-                    )
-                )
-                continue
-            object_annotations[int(ann["image_id"])].append(ann)
+            image_id = _image_id(ann, path, problems, images)
+            if image_id is not None:
+                object_annotations[image_id].append(ann)
         categories = instance_categories
     if options.panoptic_annotations_file:
-        data = _load_json(options.panoptic_annotations_file)
-        images.update({int(im["id"]): im for im in data.get("images", [])})
-        categories = Categories.from_coco(data.get("categories", []))
+        path = options.panoptic_annotations_file
+        data = _load_json(path)
+        images.update(_images(data, path, problems))
+        categories = _categories(data, path)
         for ann in data.get("annotations", []):
-            if int(ann["image_id"]) not in images:
-                problems.append(
-                    Problem(
-                        "annotation for a missing image",
-                        options.panoptic_annotations_file,
-                        f"panoptic annotation {ann.get('file_name')} refers to image id {ann['image_id']}, "
-                        "which is not in 'images'",
-                    )
-                )
-                continue
-            panoptic_annotations[int(ann["image_id"])] = ann
+            image_id = _image_id(ann, path, problems, images)
+            if image_id is not None:
+                panoptic_annotations[image_id] = ann
     if options.image_info_file:
         data = _load_json(options.image_info_file)
-        for im in data.get("images", []):
-            images.setdefault(int(im["id"]), im)
+        for image_id, im in _images(data, options.image_info_file, problems).items():
+            images.setdefault(image_id, im)
         if categories is None and data.get("categories"):
-            categories = Categories.from_coco(data["categories"])
+            categories = _categories(data, options.image_info_file)
     if options.semantic_masks_dir:
         if not options.categories_file:
             raise ConversionError("--semantic_masks_dir needs --categories_file (a JSON file with 'categories')")
-        categories = Categories.from_coco(_load_json(options.categories_file)["categories"])
+        categories = _categories(_load_json(options.categories_file), options.categories_file)
         if not images:  # ADE20K style: every image in image_dir, label PNG of the same stem
             names = sorted(n for n in os.listdir(options.image_dir) if n.lower().endswith((".jpg", ".jpeg", ".png")))
             images = {i: {"id": i, "file_name": n} for i, n in enumerate(names)}
@@ -289,6 +329,12 @@ def _add_object(ann: dict, height: int, width: int, include_mask: bool, columns:
         raise _BadAnnotation("bad annotation", f"malformed bbox {ann.get('bbox')}: {e}") from None
     if w <= 0 or h <= 0 or x >= width or y >= height or x + w <= 0 or y + h <= 0:
         raise _BadAnnotation("box outside the image", f"bbox {[x, y, w, h]} in a {width}x{height} image")
+    try:
+        area = float(ann.get("area", 0.0))
+    except (TypeError, ValueError):
+        raise _BadAnnotation("bad annotation", f"area {ann.get('area')!r} is not a number") from None
+    if area < 0:
+        raise _BadAnnotation("negative area", f"area {area} (an area is a pixel count >= 0)")
     if include_mask:
         columns["mask"].append(fmt.encode_png(mask))
     columns["xmin"].append(max(x, 0.0) / width)
@@ -297,7 +343,7 @@ def _add_object(ann: dict, height: int, width: int, include_mask: bool, columns:
     columns["ymax"].append(min(y + h, float(height)) / height)
     columns["label"].append(category_id)
     columns["is_crowd"].append(int(ann.get("iscrowd", 0)))
-    columns["area"].append(float(ann.get("area", 0.0)))
+    columns["area"].append(area)
 
 
 def _object_features(task: dict, height: int, width: int, problems: list[Problem]) -> tuple[dict, int]:
@@ -355,6 +401,9 @@ def _panoptic_features(task: dict, height: int, width: int, problems: list[Probl
             problems.append(Problem("unknown category", where, f"category id {segment['category_id']} is not listed"))
             continue
         if options.panoptic_skip_crowd and segment.get("iscrowd", 0):
+            continue
+        if float(segment.get("area", 0)) < 0:
+            problems.append(Problem("negative area", where, f"area {segment['area']} (a pixel count is >= 0)"))
             continue
         pixels = id_map == int(segment["id"])
         if not pixels.any():
@@ -483,6 +532,12 @@ def convert(options: ConversionOptions, log=None) -> ConversionStats:
         log = lambda line: print(clear + line, file=sys.stderr, flush=True)  # noqa: E731
     if options.num_shards < 1:
         raise ConversionError(f"--num_shards must be >= 1, got {options.num_shards}")
+    if options.image_dir or not options.labelme_dir:
+        if not os.path.isdir(options.image_dir):
+            what = "is a file, not a folder" if os.path.exists(options.image_dir) else "does not exist"
+            raise ConversionError(f"--image_dir {options.image_dir} {what}; pass the folder the images are in")
+        if not any(os.scandir(options.image_dir)):
+            raise ConversionError(f"--image_dir {options.image_dir} is empty; pass the folder the images are in")
     tasks, categories, instance_categories, problems, source = _plan(options)
     splits = split_tasks(tasks, options.val_fraction, options.split_seed)
     prefixes = {"train": options.output_file_prefix}
@@ -509,12 +564,15 @@ def convert(options: ConversionOptions, log=None) -> ConversionStats:
     output_dirs = sorted({os.path.dirname(os.path.abspath(prefix)) for prefix in prefixes.values()})
     for output_dir in output_dirs:
         os.makedirs(output_dir, exist_ok=True)
-    writers = {}
+    # Shards are written under temporary names and renamed at the end: a stopped run leaves no partial shards.
+    writers, temporary = {}, []
     for split, prefix in prefixes.items():
         paths = [fmt.shard_path(prefix, i, num_shards[split]) for i in range(num_shards[split])]
         stats.shards += paths
-        writers[split] = [tf.io.TFRecordWriter(path) for path in paths]
+        temporary += [f"{path}.partial" for path in paths]
+        writers[split] = [tf.io.TFRecordWriter(f"{path}.partial") for path in paths]
         stats.images_per_split[split] = 0
+    finished = False
     progress = None
     if options.progress:
         import keras
@@ -540,10 +598,22 @@ def convert(options: ConversionOptions, log=None) -> ConversionStats:
                     stats.max_instances = max(stats.max_instances, instances)
                 if progress is not None:
                     progress.update(done)
+        finished = True
     finally:
         for split_writers in writers.values():
             for writer in split_writers:
                 writer.close()
+        if not finished or stats.images_written == 0:
+            for path in temporary:
+                if os.path.exists(path):
+                    os.remove(path)
+    if stats.images_written == 0:
+        raise ConversionError(
+            f"no image was converted ({stats.images_skipped} of {len(tasks)} skipped; see the lines above): "
+            f"check --image_dir {options.image_dir} and the annotation files; no shards were written"
+        )
+    for path, final in zip(temporary, stats.shards, strict=True):
+        os.replace(path, final)
 
     for output_dir in output_dirs:
         categories.save(os.path.join(output_dir, "categories.json"))

@@ -7,7 +7,11 @@
     network = load_model(config, weights_path="runs/m/ckpt.weights.h5")       # Keras weights of this model
 
 A `.keras` file describes its own architecture: `config.model` is updated to it (so that the class
-count checks against `categories.json` use the model's). Weights must fit the configured model; a
+count checks against `categories.json` use the model's). A `.keras` written by `save_model` (train.py,
+tools/convert_detectron2_checkpoint.py) also carries its inference settings (test-time resize, task,
+thresholds, class names) in a small JSON entry of its zip archive; `model_settings(path)` reads them
+without TensorFlow, and the scripts apply them before `--config` / `--set` / flags, so `--model m.keras`
+predicts as `--config` + `--weights` of the same model do. Weights must fit the configured model; a
 checkpoint of another architecture (e.g. 133 classes against the 80 of `--preset coco_instance`, or an
 R101 against the R50 it configures) is refused with one sentence naming both architectures and the
 preset or flags that fix it, before anything is loaded.
@@ -16,9 +20,17 @@ preset or flags that fix it, before anything is loaded.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import zipfile
 
 from config import ModelConfig
+
+SETTINGS_ENTRY = "mask2former_inference.json"  # inside the .keras zip, beside Keras' own entries
+SETTINGS_FIELDS = ("data.min_size_test", "data.max_size_test") + tuple(
+    f"inference.{name}"
+    for name in ("task", "object_mask_threshold", "overlap_threshold", "instances_per_image", "score_threshold")
+)
 
 WEIGHT_SUFFIXES = (".pkl", ".weights.h5", ".keras")
 
@@ -34,14 +46,74 @@ def load_model(config, model_path: str | None = None, weights_path: str | None =
     path = model_path or weights_path
     if weights_path is not None:
         path = weights_path = _resolve_zoo_name(weights_path)
-    if not (os.path.isfile(path) or (weights_path is not None and _is_hf_checkpoint(path))):
+        if _is_hf_checkpoint(path):
+            return _load_weights(path, config)
+    _check_path(path, "--model" if model_path else "--weights")
+    if model_path is not None:
+        return _load_keras_model(model_path, config)
+    return _load_weights(weights_path, config)
+
+
+def inference_settings(config, categories=None) -> dict:
+    """What a model file carries besides its architecture: {"config": {dotted field: value}, "categories": ...}."""
+    values = {}
+    for key in SETTINGS_FIELDS:
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        values[key] = list(value) if isinstance(value, tuple) else value
+    return {"config": values, "categories": categories.to_json()["categories"] if categories is not None else None}
+
+
+def save_model(network, path: str, config, categories=None) -> None:
+    """Saves `network` as a `.keras` file carrying `inference_settings(config, categories)`."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.keras"
+    network.save(tmp)
+    with zipfile.ZipFile(tmp, "a") as archive:
+        archive.writestr(SETTINGS_ENTRY, json.dumps(inference_settings(config, categories), indent=1))
+    os.replace(tmp, path)
+
+
+def model_settings(path: str) -> dict:
+    """The inference settings saved in a `.keras` file ({} for a file written by plain `model.save`).
+
+    Raises ModelLoadError when the file is missing, a folder, or not a complete .keras (zip) archive."""
+    _check_path(path, "--model")
+    if not path.endswith(".keras"):
+        return {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if SETTINGS_ENTRY not in archive.namelist():
+                return {}
+            return json.loads(archive.read(SETTINGS_ENTRY))
+    except (zipfile.BadZipFile, EOFError, json.JSONDecodeError, OSError) as e:
+        raise ModelLoadError(
+            f"{path} is not a complete .keras file ({type(e).__name__}: {_first_line(e)}); it may be truncated: "
+            "copy or convert it again"
+        ) from None
+
+
+def settings_overrides(settings: dict) -> dict:
+    """{dotted config field: value} of saved settings, for `config_from_args(..., defaults=...)`."""
+    return {k: v for k, v in (settings.get("config") or {}).items() if k in SETTINGS_FIELDS}
+
+
+def settings_categories(settings: dict):
+    """The class names saved with a model as `Categories`, or None."""
+    from data.categories import Categories
+
+    entries = settings.get("categories")
+    return Categories.from_coco(entries) if entries else None
+
+
+def _check_path(path: str, flag: str) -> None:
+    if os.path.isdir(path):
+        raise ModelLoadError(f"{flag} {path} is a folder, not a file; pass the model or weights file inside it")
+    if not os.path.isfile(path):
         raise ModelLoadError(
             f"{path} does not exist; check the path (converted models come from "
             "tools/convert_detectron2_checkpoint.py, official weights from the model zoo)"
         )
-    if model_path is not None:
-        return _load_keras_model(model_path, config)
-    return _load_weights(weights_path, config)
 
 
 def _load_keras_model(path: str, config):
@@ -52,6 +124,7 @@ def _load_keras_model(path: str, config):
     if not path.endswith(".keras"):
         hint = "pass it with --weights" if path.endswith(WEIGHT_SUFFIXES) else "convert it to .keras first"
         raise ModelLoadError(f"{path} is not a saved .keras model; {hint}")
+    model_settings(path)  # a damaged zip is named as such, not as Keras' misleading "file not found"
     try:
         network = keras.saving.load_model(path)
     except Exception as e:  # noqa: BLE001 - Keras raises many kinds for a damaged or foreign file
@@ -149,10 +222,11 @@ def _check_keras_class_count(path: str, config) -> None:
     except OSError as e:
         raise ModelLoadError(f"{path} is not a readable Keras weights file ({_first_line(e)})") from None
     if shapes and shapes[0][0] - 1 != config.model.num_classes:
+        beside = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
+        where = f"--config {beside}" if os.path.isfile(beside) else "--config RUN/config.json of its training run"
         raise ModelLoadError(
             f"weights {path} predict {shapes[0][0] - 1} classes but model.num_classes is "
-            f"{config.model.num_classes}; pass --set model.num_classes={shapes[0][0] - 1} "
-            "or the config the model was trained with"
+            f"{config.model.num_classes}: they belong to another model; pass the config it was trained with ({where})"
         )
 
 

@@ -91,6 +91,38 @@ def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- per-task rules
+CHUNK_PIXELS = 2**25  # full-resolution mask values (float32: 128 MB) processed at a time
+
+
+def _mask_source(mask_logits):
+    """`mask_logits` (Q, H, W) as a function query indices -> their (n, H, W) float32 logits (or that function)."""
+    if callable(mask_logits):
+        return mask_logits
+    return lambda queries: ops.cast(ops.take(mask_logits, queries, axis=0), "float32")
+
+
+def _chunks(count: int, size: int):
+    for start in range(0, count, size):
+        yield start, min(count, start + size)
+
+
+def _reorder_rows(array: np.ndarray, order: np.ndarray) -> None:
+    """array[:] = array[order] in place, one row of scratch memory (following the permutation's cycles)."""
+    placed = np.zeros(len(order), bool)
+    for start in range(len(order)):
+        if placed[start]:
+            continue
+        saved, i = array[start].copy(), start
+        while True:
+            placed[i] = True
+            j = order[i]
+            if j == start:
+                array[i] = saved
+                break
+            array[i] = array[j]
+            i = j
+
+
 def semantic_inference(class_logits, mask_logits):
     """(Q, K+1), (Q, H, W) -> (K, H, W) class probabilities: einsum(softmax[:, :K], sigmoid)."""
     class_probs = ops.softmax(ops.cast(class_logits, "float32"), axis=-1)[:, :-1]
@@ -104,6 +136,9 @@ def panoptic_inference(
     isthing: np.ndarray,
     object_mask_threshold: float = 0.8,
     overlap_threshold: float = 0.8,
+    *,
+    output_size: tuple[int, int] | None = None,
+    chunk: int | None = None,
 ) -> PanopticResult:
     """Official `panoptic_inference` on (Q, K+1) logits and (Q, H, W) mask logits at output size.
 
@@ -111,23 +146,38 @@ def panoptic_inference(
     goes to the kept query with the highest score x sigmoid; a query keeps its segment (its pixels with
     sigmoid >= 0.5) only if its argmax area / its sigmoid >= 0.5 area >= `overlap_threshold`;
     segments of one stuff class merge; ids count from 1.
+
+    `mask_logits` may also be a function query indices -> their (n, H, W) logits at `output_size`: then
+    only the kept queries are made, `chunk` at a time (a running argmax; the same result).
     """
     num_classes = class_logits.shape[-1] - 1
     probs = ops.softmax(ops.cast(class_logits, "float32"), axis=-1)
     scores = ops.convert_to_numpy(ops.max(probs, axis=-1))
     labels = ops.convert_to_numpy(ops.argmax(probs, axis=-1))
     keep = np.nonzero((labels != num_classes) & (scores > object_mask_threshold))[0]
-    height, width = mask_logits.shape[-2:]
+    height, width = output_size or tuple(mask_logits.shape[-2:])
     result = PanopticResult(np.zeros((height, width), dtype=np.int32))
     if len(keep) == 0:
         return result
 
-    masks = ops.sigmoid(ops.cast(ops.take(mask_logits, keep, axis=0), "float32"))  # [n, H, W]
-    owner = ops.argmax(ops.convert_to_tensor(scores[keep])[:, None, None] * masks, axis=0)  # [H, W]
-    owner_prob = ops.take_along_axis(masks, owner[None], axis=0)[0]
-    original_area = ops.convert_to_numpy(ops.sum(ops.cast(masks >= 0.5, "int32"), axis=(1, 2)))
-    owner = ops.convert_to_numpy(owner)
-    inside = ops.convert_to_numpy(owner_prob >= 0.5)  # owner's own mask covers the pixel
+    source = _mask_source(mask_logits)
+    best = np.full((height, width), -np.inf, np.float32)  # running max of score x sigmoid over kept queries
+    owner = np.zeros((height, width), np.int64)  # its index into `keep` (the first on ties, as argmax)
+    owner_prob = np.zeros((height, width), np.float32)
+    original_area = np.zeros(len(keep), np.int64)
+    for start, stop in _chunks(len(keep), chunk or len(keep)):
+        masks = ops.sigmoid(source(keep[start:stop]))  # [n, H, W]
+        weighted = ops.convert_to_tensor(scores[keep[start:stop]])[:, None, None] * masks
+        chunk_owner = ops.argmax(weighted, axis=0)  # [H, W]
+        chunk_best = ops.convert_to_numpy(ops.take_along_axis(weighted, chunk_owner[None], axis=0)[0])
+        chunk_prob = ops.convert_to_numpy(ops.take_along_axis(masks, chunk_owner[None], axis=0)[0])
+        original_area[start:stop] = ops.convert_to_numpy(ops.sum(ops.cast(masks >= 0.5, "int32"), axis=(1, 2)))
+        better = chunk_best > best
+        best[better] = chunk_best[better]
+        owner[better] = ops.convert_to_numpy(chunk_owner)[better] + start
+        owner_prob[better] = chunk_prob[better]
+        del masks, weighted
+    inside = owner_prob >= 0.5  # owner's own mask covers the pixel
     argmax_area = np.bincount(owner.ravel(), minlength=len(keep))
     segment_area = np.bincount(owner[inside], minlength=len(keep))
 
@@ -159,12 +209,21 @@ def instance_inference(
     mask_logits,
     instances_per_image: int = 100,
     thing_classes_only: np.ndarray | None = None,
+    *,
+    output_size: tuple[int, int] | None = None,
+    chunk: int | None = None,
+    min_score: float = 0.0,
 ) -> InstanceResult:
     """Official `instance_inference` on (Q, K+1) logits and (Q, H, W) mask logits at output size.
 
     Top-`instances_per_image` of softmax[:, :K] over all (query, class) pairs; label = index % K,
     query = index // K; mask = logit > 0; score = class score x mean sigmoid inside the mask.
     `thing_classes_only` (bool per class, panoptic models) drops stuff classes after the top-k.
+
+    `mask_logits` may also be a function query indices -> their (n, H, W) logits at `output_size`: then
+    only the queries of the kept results are made, `chunk` distinct queries at a time (the same result).
+    `min_score` > 0 leaves out the results that cannot score that much (their class score is lower), so
+    that a caller drawing only those needs no mask of the others; 0 keeps the official top-k.
     """
     num_queries, num_classes = class_logits.shape[0], class_logits.shape[-1] - 1
     class_probs = ops.softmax(ops.cast(class_logits, "float32"), axis=-1)[:, :-1]
@@ -176,15 +235,28 @@ def instance_inference(
     if thing_classes_only is not None:
         chosen = np.asarray(thing_classes_only)[labels]
         labels, queries, top_scores = labels[chosen], queries[chosen], top_scores[chosen]
+    if min_score > 0:  # score = class score x mask quality (<= 1): these can never reach min_score
+        chosen = top_scores >= min_score
+        labels, queries, top_scores = labels[chosen], queries[chosen], top_scores[chosen]
 
-    logits = ops.cast(ops.take(mask_logits, queries, axis=0), "float32")  # [N, H, W]
-    binary = ops.cast(logits > 0, "float32")
-    mask_quality = ops.sum(ops.sigmoid(logits) * binary, axis=(1, 2)) / (ops.sum(binary, axis=(1, 2)) + 1e-6)
-    scores = top_scores * ops.convert_to_numpy(mask_quality)
+    source = _mask_source(mask_logits)
+    height, width = output_size or tuple(mask_logits.shape[-2:])
+    distinct, row_of = np.unique(queries, return_inverse=True)  # a query may hold several of the top-k
     # (N, H, W) view of an (N, W, H) array: column-major per mask, as COCO RLE encoding reads it
-    masks = ops.convert_to_numpy(ops.transpose(logits > 0, (0, 2, 1))).transpose(0, 2, 1)
+    masks = np.empty((len(queries), width, height), bool).transpose(0, 2, 1)
+    mask_quality = np.zeros(len(distinct), np.float32)
+    for start, stop in _chunks(len(distinct), chunk or max(1, len(distinct))):
+        logits = source(distinct[start:stop])  # [n, H, W]
+        binary = ops.cast(logits > 0, "float32")
+        quality = ops.sum(ops.sigmoid(logits) * binary, axis=(1, 2)) / (ops.sum(binary, axis=(1, 2)) + 1e-6)
+        mask_quality[start:stop] = ops.convert_to_numpy(quality)
+        chunk_masks = ops.convert_to_numpy(ops.transpose(logits > 0, (0, 2, 1))).transpose(0, 2, 1)
+        rows = np.nonzero((row_of >= start) & (row_of < stop))[0]
+        masks[rows] = chunk_masks[row_of[rows] - start]
+        del logits, binary, chunk_masks
+    scores = top_scores * mask_quality[row_of]
     order = np.argsort(-scores, kind="stable")
-    masks = masks[order]
+    _reorder_rows(masks, order)  # masks[order] without a second (N, H, W) array
     return InstanceResult(
         masks=masks,
         scores=scores[order].astype(np.float32),
@@ -205,6 +277,9 @@ class PostProcessor:
             the official model does with panoptic inference on. Default: every class is a thing.
         object_mask_threshold, overlap_threshold: panoptic thresholds (official: 0.8, 0.8).
         instances_per_image: instance top-k (official: 100).
+        chunk_pixels: full-resolution values made at a time (memory bound; the result does not depend on it).
+        min_score: instance results that cannot reach this score are left out (test.py: its drawing
+            threshold); 0 keeps the official top-k (evaluation).
     """
 
     def __init__(
@@ -214,6 +289,8 @@ class PostProcessor:
         object_mask_threshold: float = 0.8,
         overlap_threshold: float = 0.8,
         instances_per_image: int = 100,
+        chunk_pixels: int = CHUNK_PIXELS,
+        min_score: float = 0.0,
     ):
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -222,6 +299,8 @@ class PostProcessor:
         self.object_mask_threshold = object_mask_threshold
         self.overlap_threshold = overlap_threshold
         self.instances_per_image = instances_per_image
+        self.chunk_pixels = chunk_pixels
+        self.min_score = min_score
 
     @classmethod
     def from_config(cls, config, isthing=None, task: str | None = None) -> PostProcessor:
@@ -249,18 +328,50 @@ class PostProcessor:
         ]
 
     def one_image(self, class_logits, mask_logits, padded_size, image_size, original_size):
-        """(Q, K+1), (Q, Hp/4, Wp/4) of one image -> its result at `original_size`."""
+        """(Q, K+1), (Q, Hp/4, Wp/4) of one image -> its result at `original_size`.
+
+        Only the masks a result keeps are brought to full resolution, a few at a time (about
+        `chunk_pixels` values): a 12-megapixel photo needs no (Q, H0, W0) array."""
         num_classes = class_logits.shape[-1] - 1
         isthing = self.isthing if self.isthing is not None else np.ones(num_classes, dtype=bool)
         if len(isthing) != num_classes:
             raise ValueError(f"isthing has {len(isthing)} entries but the model predicts {num_classes} classes")
         image_size, original_size = tuple(map(int, image_size)), tuple(map(int, original_size))
-        padded = resize_bilinear(ops.cast(mask_logits, "float32"), padded_size)  # [Q, Hp, Wp]
+        chunk = max(1, self.chunk_pixels // max(original_size[0] * original_size[1], padded_size[0] * padded_size[1]))
         if self.task == "semantic":
-            probs = crop_and_resize(semantic_inference(class_logits, padded), image_size, original_size)
-            return SemanticResult(ops.convert_to_numpy(ops.argmax(probs, axis=0)).astype(np.int32))
-        masks = crop_and_resize(padded, image_size, original_size)  # [Q, H0, W0]
+            padded = resize_bilinear(ops.cast(mask_logits, "float32"), padded_size)  # [Q, Hp, Wp]
+            probs = semantic_inference(class_logits, padded)  # [K, Hp, Wp]
+            best = np.full(original_size, -np.inf, np.float32)
+            labels = np.zeros(original_size, np.int32)
+            for start, stop in _chunks(num_classes, chunk):  # running argmax over classes (first wins on ties)
+                part = crop_and_resize(probs[start:stop], image_size, original_size)
+                part_best = ops.convert_to_numpy(ops.max(part, axis=0))
+                better = part_best > best
+                best[better] = part_best[better]
+                labels[better] = ops.convert_to_numpy(ops.argmax(part, axis=0))[better] + start
+            return SemanticResult(labels)
+
+        def full_size(queries):  # [n, Hp/4, Wp/4] -> [n, H0, W0] logits of these queries
+            logits = ops.cast(ops.take(mask_logits, queries, axis=0), "float32")
+            return crop_and_resize(resize_bilinear(logits, padded_size), image_size, original_size)
+
         if self.task == "panoptic":
-            return panoptic_inference(class_logits, masks, isthing, self.object_mask_threshold, self.overlap_threshold)
+            return panoptic_inference(
+                class_logits,
+                full_size,
+                isthing,
+                self.object_mask_threshold,
+                self.overlap_threshold,
+                output_size=original_size,
+                chunk=chunk,
+            )
         things_only = isthing if not isthing.all() else None
-        return instance_inference(class_logits, masks, self.instances_per_image, things_only)
+        return instance_inference(
+            class_logits,
+            full_size,
+            self.instances_per_image,
+            things_only,
+            output_size=original_size,
+            chunk=chunk,
+            min_score=self.min_score,
+        )

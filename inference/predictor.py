@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from inference.image_check import warn_if_truncated
 from inference.postprocess import PostProcessor
 
 
@@ -29,6 +30,7 @@ def read_image(path: str) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # honours EXIF orientation, drops alpha, expands gray
     if image is None:
         raise ValueError(f"cannot read image {path}; it is missing, empty or not an image format OpenCV knows")
+    warn_if_truncated(str(path))  # OpenCV fills a truncated JPEG with grey without an error
     return np.ascontiguousarray(image[..., ::-1])
 
 

@@ -32,10 +32,11 @@ def palette(count: int, offset: int = 0) -> np.ndarray:
     return (np.array(colours).reshape(-1, 3) * 255).astype(np.uint8)
 
 
-def _text_style(shape) -> tuple[float, int]:
-    """Font scale and thickness that stay readable from 200 to 4000 pixels."""
+def text_style(shape) -> tuple[float, int]:
+    """Font scale and thickness for an image of `shape`: text height grows with the image (about 2% of its
+    longer side, so a label reads the same on a 12-megapixel photo viewed whole), never below a legible 0.4."""
     size = max(shape[:2])
-    scale = float(np.clip(size / 1100, 0.4, 1.6))
+    scale = max(0.4, size / 1100)
     return scale, max(1, round(scale * 1.6))
 
 
@@ -44,7 +45,7 @@ def draw_tag(canvas: np.ndarray, text: str, x: int, y: int, colour, anchor: str 
 
     anchor "bottom-left": the tag sits above (x, y); "center": centred on (x, y).
     """
-    scale, thickness = _text_style(canvas.shape)
+    scale, thickness = text_style(canvas.shape)
     (width, height), baseline = cv2.getTextSize(text, FONT, scale, thickness)
     pad = max(2, thickness + 1)
     box_w, box_h = width + 2 * pad, height + baseline + 2 * pad
@@ -92,7 +93,7 @@ def draw_instances(image: np.ndarray, result: InstanceResult, class_names, score
     chosen = np.nonzero(result.scores >= score_threshold)[0]
     chosen = chosen[np.argsort(-result.masks[chosen].sum((1, 2)), kind="stable")]  # large first, small on top
     colours = palette(len(chosen))
-    _, thickness = _text_style(image.shape)
+    _, thickness = text_style(image.shape)
     for colour, i in zip(colours, chosen, strict=True):
         _blend(canvas, result.masks[i], colour)
     for colour, i in zip(colours, chosen, strict=True):
@@ -128,7 +129,7 @@ def draw_semantic(image: np.ndarray, result: SemanticResult, class_names) -> np.
         _blend(canvas, result.labels == k, colour)
     canvas[_segment_boundaries(result.labels)] = 255
 
-    scale, thickness = _text_style(image.shape)
+    scale, thickness = text_style(image.shape)
     row = int(30 * scale) + 8
     texts = [f"{class_names[k]} {100 * area / result.labels.size:.1f}%" for k, area in zip(present, areas, strict=True)]
     text_width = max(cv2.getTextSize(t, FONT, scale, thickness)[0][0] for t in texts)

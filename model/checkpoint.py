@@ -223,12 +223,21 @@ def read_detectron2_checkpoint(path: str) -> dict[str, np.ndarray]:
     Returns a flat dict name -> numpy array with detectron2 model names (`backbone.res2.0.conv1.weight`, ...).
     ImageNet backbone files name tensors without the `backbone.` prefix; it is added.
     """
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path} is a folder, not a file; pass the .pkl file inside it")
     if not os.path.isfile(path):
         raise CheckpointError(
             f"checkpoint {path} does not exist; check the path or fetch it with model.checkpoint.download"
         )
     with open(path, "rb") as f:
         data = f.read()
+    if data[:8] == b"\x89HDF\r\n\x1a\n":
+        raise CheckpointError(
+            f"{path} is a Keras weights file (HDF5), not a detectron2 pickle; it needs no conversion: "
+            "pass it to test.py / test_map.py as --weights with the --config it was trained with"
+        )
+    if data[:2] == b"PK" and path.endswith(".keras"):
+        raise CheckpointError(f"{path} is a saved .keras model, not a detectron2 pickle; pass it to test.py as --model")
     if data[:2] == b"PK":
         raise CheckpointError(
             f"{path} is a PyTorch zip checkpoint (.pth), not a detectron2 pickle; use the model zoo's .pkl file"

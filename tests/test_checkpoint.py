@@ -198,3 +198,16 @@ def test_download_caches_and_checks_the_sha256(tmp_path):
     assert not list((tmp_path / "cache2").rglob("*.pkl"))  # nothing half-written is left
     with pytest.raises(ValueError, match="model-zoo name"):
         download("not_a_model")
+
+
+def test_keras_files_and_folders_given_as_detectron2_checkpoints_say_what_they_are(tmp_path):
+    """A .weights.h5, a .keras or a folder passed to the converter: the message names the file and what to do
+    (not "download it again" or "does not exist")."""
+    (tmp_path / "model.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
+    with pytest.raises(CheckpointError, match=r"model\.weights\.h5 is a Keras weights file .* needs no conversion"):
+        read_detectron2_checkpoint(str(tmp_path / "model.weights.h5"))
+    (tmp_path / "model.keras").write_bytes(b"PK\x03\x04" + b"\0" * 64)
+    with pytest.raises(CheckpointError, match=r"model\.keras is a saved \.keras model.* as --model"):
+        read_detectron2_checkpoint(str(tmp_path / "model.keras"))
+    with pytest.raises(CheckpointError, match="is a folder, not a file"):
+        read_detectron2_checkpoint(str(tmp_path))

@@ -286,3 +286,65 @@ def test_semantic_label_pngs(tmp_path):
     expected[0, 0] = 0
     np.testing.assert_array_equal(example["label_map"].numpy(), expected)
     assert example["classes"].shape == (150,)
+
+
+# ------------------------------------------------ the command line on bad input
+def _one_error_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+def test_command_line_refuses_input_that_would_convert_nothing(tmp_path, capsys):
+    """Missing / empty --image_dir, a JSON list, malformed categories: exit 1, one line, nothing written."""
+    import cli
+
+    images, annotation_file, square = _bad_input_dataset(tmp_path)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "list.json").write_text(json.dumps([{"id": 1}]))
+    (tmp_path / "no_ids.json").write_text(json.dumps({"images": [], "annotations": [], "categories": [{"n": 1}]}))
+    every_image_gone = json.loads(annotation_file.read_text())
+    every_image_gone["images"] = [{"file_name": "good.jpg"}, {"id": 2}]  # neither has both id and file_name
+    (tmp_path / "no_image_ids.json").write_text(json.dumps(every_image_gone))
+    cases = [
+        (tmp_path / "nope", annotation_file, f"--image_dir {tmp_path / 'nope'} does not exist"),
+        (tmp_path / "empty", annotation_file, f"--image_dir {tmp_path / 'empty'} is empty"),
+        (images, tmp_path / "list.json", f"annotation file {tmp_path / 'list.json'} holds a JSON list"),
+        (images, tmp_path / "no_ids.json", f"annotation file {tmp_path / 'no_ids.json'}: 'categories' is malformed"),
+        (images, tmp_path / "no_image_ids.json", "no image was converted (0 of 0 skipped"),
+    ]
+    for image_dir, annotations, message in cases:
+        out = tmp_path / "out"
+        argv = ["--image-dir", str(image_dir), "--object-annotations-file", str(annotations)]
+        argv += ["--output_file_prefix", str(out / "train"), "--num_workers=1"]
+        assert cli.run(convert_coco_to_tfrecord.main, argv) == 1
+        captured = capsys.readouterr()
+        assert message in _one_error_line(captured.err), captured.err
+        assert "Traceback" not in captured.err
+        assert not out.exists() or sorted(os.listdir(out)) == [], sorted(os.listdir(out))
+    assert "images[0] has no usable 'id'" in captured.err and "images[1] has no usable 'file_name'" in captured.err
+
+
+def test_negative_area_and_missing_ids_are_reported_and_strict_leaves_no_partial_shards(tmp_path, capsys):
+    import cli
+
+    images, annotation_file, square = _bad_input_dataset(tmp_path)
+    coco = json.loads(annotation_file.read_text())
+    coco["annotations"].append({"id": 17, "image_id": 2, "category_id": 1, "segmentation": [square], "area": -5})
+    coco["annotations"].append({"id": 18, "category_id": 1, "segmentation": [square]})  # no image_id
+    annotation_file.write_text(json.dumps(coco))
+    stats, records, lines = _convert(tmp_path, image_dir=str(images), object_annotations_file=str(annotation_file))
+    assert stats.problems["negative area"] == 1 and stats.images_written == 2
+    assert any("annotation 17" in line and "area -5.0" in line for line in lines), lines
+    assert any("annotation 18 has no usable 'image_id'" in line for line in lines), lines
+
+    # --strict stops at the first problem: the shards written so far are removed, nothing else is left
+    out = tmp_path / "strict"
+    argv = ["--image_dir", str(images), "--object_annotations_file", str(annotation_file)]
+    argv += ["--output_file_prefix", str(out / "train"), "--num_shards=2", "--num_workers=1", "--strict"]
+    coco["annotations"] = [a for a in coco["annotations"] if a["id"] in (10, 15, 17)]  # bad input on image 2 only
+    annotation_file.write_text(json.dumps(coco))
+    assert cli.run(convert_coco_to_tfrecord.main, argv) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "annotation 17" in line and "negative area" in line, line
+    assert sorted(os.listdir(out)) == []

@@ -333,3 +333,33 @@ def test_test_dataset_program_renders_samples(tmp_path):
         assert test_dataset.main(["--num_samples", "2", "--output_dir", str(out), *extra, *common]) == 0
         rendered = [cv2.imread(str(out / f"sample_{n:03d}.png")) for n in range(2)]
         assert all(r is not None and r.shape == ((64, 64, 3) if not extra else (24, 32, 3)) for r in rendered)
+
+
+def test_test_dataset_program_errors_are_one_line_and_write_nothing(tmp_path, capsys):
+    """Unknown, mistyped and contradictory --set, a config that is not JSON, no or empty shards: exit 2."""
+    import cli
+    import test_dataset
+
+    pattern = _write_shards(tmp_path, [make_example(*random_instances(1), [False])])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for i in range(2):
+        (empty / fmt.shard_path("train", i, 2)).write_bytes(b"")
+    (empty / "categories.json").write_text((tmp_path / "categories.json").read_text())
+    (tmp_path / "bad.json").write_text("{not json")
+    data = ["--set", f"data.train_files={pattern}", "model.num_classes=3"]
+    cases = [
+        (["--set", "train.batch_sise=4"], "unknown config key 'train.batch_sise'"),
+        (["--set", "train.batch_size=four"], "train.batch_size='four' is not a valid value"),
+        (["--set", "train.batch_size=6", "train.accumulation_steps=4"], "train.batch_size (6) must be divisible"),
+        (["--config", str(tmp_path / "bad.json")], f"config file {tmp_path / 'bad.json'} is not valid JSON"),
+        (["--set", f"data.train_files={tmp_path / 'none-*.tfrecord'}", "model.num_classes=3"], "none-*.tfrecord"),
+        (["--set", f"data.train_files={empty / 'train-*.tfrecord'}", "model.num_classes=3"], "holds no usable records"),
+        ([*data, "--num-samples", "0"], "--num_samples must be >= 1"),
+    ]
+    for extra, message in cases:
+        out = tmp_path / "out"
+        assert cli.run(test_dataset.main, ["--output-dir", str(out), "--raw", *extra]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err, (extra, err)
+        assert not out.exists()

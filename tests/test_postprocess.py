@@ -282,3 +282,52 @@ def test_real_model_outputs_are_cropped_and_resized_to_the_original_image():
     expected = functional.interpolate(expected[:, :, :50, :78], size=(45, 70), mode="bilinear", align_corners=False)
     ours = crop_and_resize(resize_bilinear(outputs["pred_masks"][0], (64, 96)), (50, 78), (45, 70))
     np.testing.assert_allclose(np.asarray(ours), expected[0].numpy(), rtol=0, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------- memory bound
+@pytest.mark.parametrize("task", ["instance", "panoptic", "semantic"])
+def test_chunked_post_processing_equals_whole_arrays_exactly(task):
+    """Making full-size masks a few queries (or classes) at a time gives the very same result as making all
+    of them at once, and as the per-task functions on the whole (Q, H0, W0) array."""
+    from inference.postprocess import crop_and_resize, resize_bilinear
+
+    rng = np.random.default_rng(3)
+    cls, masks = random_outputs(rng, 30, 7, (24, 32))
+    cls[:12, -1] = -10.0  # confident queries, so that panoptic keeps several
+    cls[np.arange(12), np.arange(12) % 7] = 10.0
+    isthing = np.array([True, True, False, True, False, True, False])
+    outputs = {"pred_logits": cls[None], "pred_masks": masks[None]}
+    sizes = ([(70, 101)], [(53, 77)])
+    whole = PostProcessor(task, isthing=isthing, object_mask_threshold=0.5, chunk_pixels=2**40)(outputs, *sizes)[0]
+    one_at_a_time = PostProcessor(task, isthing=isthing, object_mask_threshold=0.5, chunk_pixels=1)(outputs, *sizes)[0]
+    three = PostProcessor(task, isthing=isthing, object_mask_threshold=0.5, chunk_pixels=3 * 96 * 128)(outputs, *sizes)
+    for result in (one_at_a_time, three[0]):
+        for name, value in vars(whole).items():
+            if isinstance(value, np.ndarray):
+                np.testing.assert_array_equal(getattr(result, name), value, err_msg=name)
+            else:
+                assert getattr(result, name) == value, name
+    if task != "semantic":  # the same as the per-task rule on every query's full-size mask
+        full = crop_and_resize(resize_bilinear(masks, (96, 128)), (70, 101), (53, 77))
+        if task == "panoptic":
+            reference = panoptic_inference(cls, full, isthing, 0.5)
+            np.testing.assert_array_equal(whole.segment_ids, reference.segment_ids)
+            assert whole.segments == reference.segments and len(whole.segments) >= 3
+        else:
+            reference = instance_inference(cls, full, 100, isthing)
+            np.testing.assert_array_equal(whole.masks, reference.masks)
+            np.testing.assert_array_equal(whole.scores, reference.scores)
+            assert whole.masks[0].T.flags["C_CONTIGUOUS"]  # column-major per mask, for RLE encoding
+
+
+def test_min_score_keeps_exactly_the_results_that_reach_it():
+    """test.py draws and writes only results scoring >= its threshold: min_score makes only those."""
+    rng = np.random.default_rng(5)
+    cls, masks = random_outputs(rng, 30, 7, (24, 32))
+    outputs, sizes = {"pred_logits": cls[None], "pred_masks": masks[None]}, ([(70, 101)], [(53, 77)])
+    (everything,) = PostProcessor("instance")(outputs, *sizes)
+    (kept,) = PostProcessor("instance", min_score=0.5)(outputs, *sizes)
+    reaching = everything.scores >= 0.5
+    assert 0 < reaching.sum() < len(everything.scores) and len(kept.scores) >= reaching.sum()
+    np.testing.assert_array_equal(kept.scores[kept.scores >= 0.5], everything.scores[reaching])
+    np.testing.assert_array_equal(kept.masks[kept.scores >= 0.5], everything.masks[reaching])

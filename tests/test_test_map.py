@@ -71,3 +71,39 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
              "--predictions", str(DEEPLAB / "coco_gt.json"), "--pred-dir", str(DEEPLAB / "coco_pred"),
              "--output", str(tmp_path / "m.json")]
         )  # fmt: skip
+
+
+def test_bad_ground_truth_is_one_line_before_any_work(tmp_path, capsys):
+    """Unknown category id, negative area, a 2-point polygon, an annotation of a missing image: exit 2,
+    one line naming the file and the annotation id, no metrics.json."""
+    import cli
+
+    square = [2.0, 2.0, 10.0, 2.0, 10.0, 10.0, 2.0, 10.0]
+    good = {"id": 1, "image_id": 1, "category_id": 1, "segmentation": [square], "area": 64.0, "bbox": [2, 2, 8, 8]}
+    cases = [
+        ({"id": 7, "category_id": 99}, "annotation 7 has category id 99, which is not in 'categories'"),
+        ({"id": 8, "area": -3.0}, "annotation 8 has area -3.0"),
+        ({"id": 9, "segmentation": [[1.0, 1.0, 5.0, 5.0]]}, "annotation 9: polygon 0 has 4 coordinates"),
+        ({"id": 10, "image_id": 5}, "annotation 10 refers to image id 5, which is not in 'images'"),
+        ({"id": 11, "bbox": [1, 2]}, "annotation 11 has bbox [1, 2]"),
+    ]
+    predictions = tmp_path / "results.json"
+    predictions.write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [2, 2, 8, 8], "score": 0.9}]))
+    for change, message in cases:
+        gt = {
+            "images": [{"id": 1, "file_name": "a.jpg", "height": 20, "width": 20}],
+            "annotations": [good, {**good, **change}],
+            "categories": [{"id": 1, "name": "thing"}],
+        }
+        (tmp_path / "gt.json").write_text(json.dumps(gt))
+        output = tmp_path / "metrics.json"
+        argv = ["--gt", str(tmp_path / "gt.json"), "--predictions", str(predictions), "--output", str(output)]
+        assert cli.run(test_map.main, argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.splitlines() == [err] and err.startswith(f"error: ground truth {tmp_path / 'gt.json'}: "), err
+        assert message in err, err
+        assert not output.exists()
+    # the same checks hold before a model is loaded: the weights file here does not even exist
+    argv = ["--weights", str(tmp_path / "none.pkl"), "--gt", str(tmp_path / "gt.json"), "--images", str(tmp_path)]
+    assert cli.run(test_map.main, argv) == 2
+    assert "annotation 11 has bbox" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """train.py end to end: SIGKILL + resume equals an uninterrupted run; initialisation; checkpoints complete."""
 
+import io
 import json
 import os
 import pickle
@@ -13,13 +14,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import cli
 import train as train_script
+from config import check_resume_config
 from model import build_model
 from model.checkpoint import to_detectron2_state
 from tests.synthetic_coco import training_config, write_synthetic_tfrecords
 from training.checkpointing import TrainingCheckpoints
 from training.initialization import initialize_weights
 from training.optimizer import build_optimizer
+from training.reporting import Progress
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,19 +39,70 @@ def _train_py(config_path, *extra):
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-@pytest.mark.slow
-def test_sigkill_then_resume_gives_the_uninterrupted_losses_step_for_step(tmp_path):
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """A 14-step run without interruption: (data pattern, {step: loss}); runs of other tests compare with it."""
+    tmp_path = tmp_path_factory.mktemp("straight")
     pattern = write_synthetic_tfrecords(tmp_path / "data", num_images=5)
+    config = training_config(pattern, str(tmp_path / "run"), max_steps=14, checkpoint_every=4)
+    config.save(str(tmp_path / "straight.json"))
+    straight = _train_py(tmp_path / "straight.json")
+    output = straight.communicate(timeout=1800)[0]
+    assert straight.returncode == 0, output
+    assert "finished: 14 steps" in output
+    from inference.loading import model_settings
+
+    settings = model_settings(str(tmp_path / "run" / "model.keras"))  # the final model carries its settings
+    assert [c["name"] for c in settings["categories"]] == ["square", "disc"]
+    assert settings["config"]["data.min_size_test"] == config.data.min_size_test
+    return pattern, _losses(tmp_path / "run")
+
+
+def _wait_for_steps(process, run_dir, steps: int) -> None:
+    metrics = Path(run_dir) / "metrics.jsonl"
+    deadline = time.time() + 600
+    while time.time() < deadline and process.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= steps:
+            return
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_sigterm_and_sigint_save_the_current_step_and_resume_exactly(straight_run, tmp_path, signal_name):
+    pattern, reference = straight_run
+    config = training_config(pattern, str(tmp_path / "run"), max_steps=14, checkpoint_every=4)
+    config.save(str(tmp_path / "c.json"))
+    run = _train_py(tmp_path / "c.json")
+    _wait_for_steps(run, tmp_path / "run", 5)  # past the checkpoint of step 4, before that of step 8
+    run.send_signal(getattr(signal, signal_name))
+    output = run.communicate(timeout=900)[0]
+    step = max(_losses(tmp_path / "run"))
+    assert 5 <= step < 14, output
+    assert run.returncode == {"SIGINT": 130, "SIGTERM": 143}[signal_name], output
+    assert "Traceback" not in output
+    last = output.strip().splitlines()[-1]
+    assert last.startswith(f"{signal_name} at step {step}: saved checkpoint") and "run the same command" in last
+    assert (tmp_path / "run" / "checkpoints" / f"ckpt-{step}.index").exists()
+    assert not list((tmp_path / "run" / "checkpoints").glob("*_temp*"))
+
+    resumed = _train_py(tmp_path / "c.json")
+    output = resumed.communicate(timeout=1800)[0]
+    assert resumed.returncode == 0, output
+    assert f"at step {step}" in output
+    after = _losses(tmp_path / "run")
+    assert sorted(after) == list(range(1, 15))
+    np.testing.assert_allclose([after[s] for s in range(1, 15)], [reference[s] for s in range(1, 15)], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_the_uninterrupted_losses_step_for_step(straight_run, tmp_path):
+    pattern, reference = straight_run
     configs = {}
-    for name in ("straight", "killed"):
+    for name in ("killed",):
         config = training_config(pattern, str(tmp_path / name), max_steps=14, checkpoint_every=4)
         configs[name] = tmp_path / f"{name}.json"
         config.save(str(configs[name]))
-
-    straight = _train_py(configs["straight"])
-    output = straight.communicate(timeout=600)[0]
-    assert straight.returncode == 0, output
-    assert "finished: 14 steps" in output
 
     killed = _train_py(configs["killed"])
     index = tmp_path / "killed" / "checkpoints" / "checkpoint"
@@ -64,7 +119,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_losses_step_for_step(tmp_pa
     output = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, output
     assert "resumed from" in output and "at step 4" in output
-    reference, after = _losses(tmp_path / "straight"), _losses(tmp_path / "killed")
+    after = _losses(tmp_path / "killed")
     assert sorted(after) == list(range(1, 15))
     np.testing.assert_allclose([after[s] for s in range(1, 15)], [reference[s] for s in range(1, 15)], rtol=1e-6)
 
@@ -74,8 +129,150 @@ def test_no_resume_refuses_a_folder_with_checkpoints(tmp_path, capsys):
     tf.train.CheckpointManager(tf.train.Checkpoint(step=step), str(tmp_path / "run" / "checkpoints"), 1).save()
     config = training_config("unused-*.tfrecord", str(tmp_path / "run"))
     config.save(str(tmp_path / "c.json"))
-    assert train_script.main(["--config", str(tmp_path / "c.json"), "--no-resume"]) == 2
+    assert cli.run(train_script.main, ["--config", str(tmp_path / "c.json"), "--no-resume"]) == 2
     assert "already holds checkpoints" in capsys.readouterr().err
+
+
+def _fake_run_folder(tmp_path, **overrides):
+    """A run folder with a checkpoint (step 3) and its config.json; returns the config file's path."""
+    step = tf.Variable(3, dtype=tf.int64)
+    tf.train.CheckpointManager(tf.train.Checkpoint(step=step), str(tmp_path / "run" / "checkpoints"), 1).save()
+    config = training_config("unused-*.tfrecord", str(tmp_path / "run"), **overrides)
+    config.data.seed = 7
+    config.save(str(tmp_path / "run" / "config.json"))
+    return tmp_path / "run" / "config.json"
+
+
+def _one_error_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), text
+    return lines[0]
+
+
+def test_resuming_with_another_config_is_refused_with_the_differing_fields(tmp_path, capsys):
+    saved = _fake_run_folder(tmp_path)
+    before = saved.read_text()
+    changed = training_config("unused-*.tfrecord", str(tmp_path / "run"), batch_size=4)
+    changed.model.num_queries = 9
+    changed.save(str(tmp_path / "changed.json"))
+    assert cli.run(train_script.main, ["--config", str(tmp_path / "changed.json")]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "train.batch_size: 2 -> 4" in line and "model.num_queries: " in line and " -> 9" in line, line
+    assert "--allow_config_change" in line
+    assert saved.read_text() == before  # the run folder's config is not rewritten
+
+    # harmless changes pass, a longer run included; others pass only when asked for
+    longer = training_config("unused-*.tfrecord", str(tmp_path / "run"), max_steps=60, log_every=5)
+    assert check_resume_config(str(saved), longer, allow_change=False) == [
+        "train.log_every: 1 -> 5",
+        "train.max_steps: 6 -> 60",
+    ]
+    assert len(check_resume_config(str(saved), changed, allow_change=True)) == 2
+
+
+def test_a_run_folder_past_a_shorter_max_steps_is_refused(tmp_path, capsys):
+    saved = _fake_run_folder(tmp_path, max_steps=6)
+    config = training_config("unused-*.tfrecord", str(tmp_path / "run"), max_steps=2)
+    config.save(str(tmp_path / "short.json"))
+    assert cli.run(train_script.main, ["--config", str(tmp_path / "short.json")]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "already at step 3, past train.max_steps=2" in line, line
+    assert json.loads(saved.read_text())["train"]["max_steps"] == 6
+
+
+def test_unwritable_or_full_output_folder_is_one_line_before_training(tmp_path, capsys, monkeypatch):
+    (tmp_path / "a_file").write_text("")
+    config = training_config("unused-*.tfrecord", str(tmp_path / "a_file" / "run"))
+    config.save(str(tmp_path / "c.json"))
+    assert cli.run(train_script.main, ["--config", str(tmp_path / "c.json")]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"train.output_dir {tmp_path / 'a_file' / 'run'} cannot be written" in line, line
+
+    pattern = write_synthetic_tfrecords(tmp_path / "data", num_images=2)
+    config = training_config(pattern, str(tmp_path / "run"))
+    config.save(str(tmp_path / "c.json"))
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 2**20, 2**20))
+    assert cli.run(train_script.main, ["--config", str(tmp_path / "c.json")]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"train.output_dir {tmp_path / 'run'} has 1 MiB free but a run needs about" in line, line
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == []  # nothing written, no ckpt-*_temp
+
+
+def test_a_failed_checkpoint_write_leaves_no_partial_files(tmp_path):
+    model = build_model(_tiny(2))
+    step = tf.Variable(5, dtype=tf.int64)
+    optimizer = build_optimizer(_tiny(2).train, model, learning_rate=1e-4)
+    checkpoints = TrainingCheckpoints(str(tmp_path), model=model, optimizer=optimizer, step=step, keep=2)
+
+    def full_disk(checkpoint_number):
+        (tmp_path / "checkpoints" / "ckpt-5_temp").mkdir(parents=True)
+        (tmp_path / "checkpoints" / "ckpt-5_temp" / "part-00000").write_bytes(b"x" * 10)
+        raise tf.errors.ResourceExhaustedError(None, None, "No space left on device\n more detail")
+
+    checkpoints.manager.save = full_disk
+    with pytest.raises(OSError, match=r"cannot write checkpoint 5 in .* \(No space left on device\); free disk"):
+        checkpoints.save()
+    assert list((tmp_path / "checkpoints").iterdir()) == []
+
+
+def test_empty_shards_are_one_line_naming_the_pattern(tmp_path, capsys):
+    pattern = write_synthetic_tfrecords(tmp_path / "data", num_images=1)
+    for shard in Path(pattern).parent.glob("train-*.tfrecord"):
+        shard.write_bytes(b"")
+    config = training_config(pattern, str(tmp_path / "run"))
+    config.save(str(tmp_path / "c.json"))
+    assert cli.run(train_script.main, ["--config", str(tmp_path / "c.json")]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"data.train_files {pattern} yields no training examples" in line, line
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+SCALARS = {"loss_total": 12.3456789, "loss_ce": 1.0, "loss_mask": 0.5, "loss_dice": 0.25, "learning_rate": 1e-4}
+
+
+def test_progress_in_a_log_is_one_plain_line_every_n_steps_with_a_moving_average_eta():
+    stream, clock = io.StringIO(), _Clock()
+    progress = Progress(1000, 1100, stream=stream, every_steps=20, every_seconds=1e9, warmup=2, window=10, clock=clock)
+    for step in range(1001, 1101):
+        clock.now += 100.0 if step == 1001 else (1.0 if step < 1050 else 3.0)  # slow first step (tracing)
+        progress.update(step, SCALARS, 8.0)
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue()
+    assert [line.split()[1] for line in lines] == [
+        "1001/1100",
+        "1020/1100",
+        "1040/1100",
+        "1060/1100",
+        "1080/1100",
+        "1100/1100",
+    ]
+    assert lines[0].endswith("ETA --")  # no estimate during warm-up
+    assert "loss 12.3457 " in lines[1] and "lr 1.00e-04" in lines[1] and "8.0 images/s" in lines[1]
+    assert lines[1].endswith("ETA 0:01:20")  # 80 steps x 1 s: the slow first step is left out
+    assert lines[4].endswith("ETA 0:01:00")  # 20 steps x 3 s: the last 10 steps only
+
+    terminal = _Terminal()
+    progress = Progress(0, 10, stream=terminal, clock=clock)
+    for step in range(1, 11):
+        progress.update(step, SCALARS, 8.0)
+    progress.clear()
+    assert terminal.getvalue().count("\r\x1b[2K") == 10 and "[" in terminal.getvalue()
+    assert terminal.getvalue().endswith("\n")
 
 
 def _tiny(num_classes):
@@ -141,3 +338,20 @@ def test_imagenet_backbone_loads_the_backbone_only(tmp_path):
     for name, value in to_detectron2_state(source).items():
         expected = value if name.startswith("backbone.") else heads_before[name]
         np.testing.assert_array_equal(loaded[name], expected, err_msg=name)
+
+
+def test_stop_requests_remember_the_first_signal_and_stop_at_once_on_the_second():
+    import signal as signals
+
+    from training.loop import StopRequests
+
+    before = signals.getsignal(signals.SIGINT)
+    for name in ("SIGINT", "SIGTERM"):
+        with StopRequests() as stop:
+            os.kill(os.getpid(), getattr(signals, name))
+            time.sleep(0.1)  # the handler runs between bytecodes of the main thread
+            assert stop.signal_name == name
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), getattr(signals, name))
+                time.sleep(0.1)
+    assert signals.getsignal(signals.SIGINT) is before

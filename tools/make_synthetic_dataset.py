@@ -6,27 +6,28 @@ Same arguments, same bytes. What the images hold and the folder layout: see data
 prints the convert_coco_to_tfrecord.py commands that turn the result into TFRecords.
 """
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data.synthetic import SyntheticSpec, write_dataset  # noqa: E402
+import cli  # noqa: E402
+
+MIN_OBJECTS, MAX_OBJECTS = 2, 6  # data.synthetic.SyntheticSpec's defaults (tests check they agree)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv: list[str] | None = None):
+    parser = cli.parser(__doc__)
     parser.add_argument("out_dir", help="output folder (created; files already there are overwritten)")
     parser.add_argument("--train", type=int, default=400, help="training images")
     parser.add_argument("--val", type=int, default=100, help="held-out images")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--size", type=int, nargs=2, default=(128, 128), metavar=("H", "W"), help="image size")
-    parser.add_argument("--min-objects", type=int, default=SyntheticSpec.min_objects, help="things per image, at least")
-    parser.add_argument("--max-objects", type=int, default=SyntheticSpec.max_objects, help="things per image, at most")
+    parser.add_argument("--min-objects", type=int, default=MIN_OBJECTS, help="things per image, at least")
+    parser.add_argument("--max-objects", type=int, default=MAX_OBJECTS, help="things per image, at most")
     parser.add_argument("--any-colour", action="store_true", help="any hue for any class (shape is the only cue)")
     parser.add_argument("--format", choices=("jpg", "png"), default="jpg", help="image format")
-    return parser.parse_args(argv)
+    return cli.parse(parser, argv)
 
 
 def convert_commands(out_dir: str, split: str) -> list[str]:
@@ -47,6 +48,8 @@ def convert_commands(out_dir: str, split: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from data.synthetic import SyntheticSpec, write_dataset
+
     if args.train < 0 or args.val < 0:
         print("make_synthetic_dataset.py: --train and --val must be >= 0", file=sys.stderr)
         return 1
@@ -79,4 +82,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -12,10 +12,14 @@ Under `MultiWorkerMirroredStrategy` every worker must take part in a save; only 
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
+import uuid
 
+import numpy as np
 import tensorflow as tf
+from keras.backend import standardize_dtype
 
 CHECKPOINT_SUBDIR = "checkpoints"
 CONFIG_FILE = "config.json"
@@ -31,6 +35,33 @@ def model_variables(model) -> dict:
     if len(variables) != len(model.variables):
         raise ValueError("model variables do not have unique paths; name the layers uniquely")
     return variables
+
+
+def check_output_dir(output_dir: str, needed_bytes: int = 0) -> None:
+    """Before the first step: `output_dir` can be created and written, and has `needed_bytes` free.
+
+    Raises OSError with one sentence naming the folder and the fix (nothing is left behind)."""
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        probe = os.path.join(output_dir, f".write_test_{uuid.uuid4().hex}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise OSError(
+            f"train.output_dir {output_dir} cannot be written ({e.strerror or e}); "
+            "choose a writable folder with --set train.output_dir=..."
+        ) from None
+    free = shutil.disk_usage(output_dir).free
+    if free < needed_bytes:
+        raise OSError(
+            f"train.output_dir {output_dir} has {free / 2**20:.0f} MiB free but a run needs about "
+            f"{needed_bytes / 2**20:.0f} MiB (checkpoints and final model); free space or choose another folder"
+        )
+
+
+def variable_bytes(variables) -> int:
+    return int(sum(np.prod(v.shape, dtype=np.int64) * np.dtype(standardize_dtype(v.dtype)).itemsize for v in variables))
 
 
 def latest_checkpoint(output_dir: str) -> str | None:
@@ -65,8 +96,22 @@ class TrainingCheckpoints:
         return path
 
     def save(self) -> str:
-        """Writes a checkpoint named after the step; returns its path (the chief's)."""
-        path = self.manager.save(checkpoint_number=self.step)
+        """Writes a checkpoint named after the step; returns its path (the chief's).
+
+        A failed write (full disk, lost permission) removes its partial files and raises OSError."""
+        try:
+            path = self.manager.save(checkpoint_number=self.step)
+        except (OSError, tf.errors.OpError) as e:
+            step = int(self.step.numpy())
+            for partial in glob.glob(os.path.join(self.write_directory, f"ckpt-{step}_temp*")) + glob.glob(
+                os.path.join(self.write_directory, f"ckpt-{step}.*")
+            ):
+                shutil.rmtree(partial, ignore_errors=True) if os.path.isdir(partial) else os.remove(partial)
+            message = getattr(e, "message", None) or str(e)
+            raise OSError(
+                f"cannot write checkpoint {step} in {self.write_directory} ({message.strip().splitlines()[0]}); "
+                "free disk space or choose another train.output_dir, then run again to resume"
+            ) from None
         if not self.chief:
             shutil.rmtree(self.write_directory, ignore_errors=True)
         return path

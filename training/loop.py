@@ -8,18 +8,27 @@ print(result.status, result.step, result.last_checkpoint)
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from dataclasses import dataclass, field
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from config import Mask2FormerConfig
+from config import ConfigError, Mask2FormerConfig, check_resume_config
 from data.pipeline import load_categories
+from inference.loading import save_model
 from inference.postprocess import PostProcessor
 from losses import build_criterion
 from model import build_model
-from training.checkpointing import CONFIG_FILE, TrainingCheckpoints, latest_checkpoint
+from training.checkpointing import (
+    CONFIG_FILE,
+    TrainingCheckpoints,
+    check_output_dir,
+    latest_checkpoint,
+    variable_bytes,
+)
 from training.distribution import distributed_train_dataset, is_chief, replica_batch_size, select_strategy
 from training.initialization import initialize_weights
 from training.optimizer import build_optimizer
@@ -28,34 +37,84 @@ from training.schedules import build_schedule
 from training.train_step import TrainStep
 
 FINAL_WEIGHTS = "model.weights.h5"
+FINAL_MODEL = "model.keras"
 
 
 @dataclass
 class TrainResult:
-    """status: "finished" or "stopped_nonfinite"; step: optimizer steps done; last_checkpoint: path or None;
-    history: the scalars of each step of this process; model: the trained model."""
+    """status: "finished", "stopped_nonfinite" or "interrupted"; step: optimizer steps done; last_checkpoint:
+    path or None; history: the scalars of each step of this process; model: the trained model;
+    signal_name: "SIGINT" or "SIGTERM" when interrupted."""
 
     status: str
     step: int
     last_checkpoint: str | None
     history: list[dict] = field(default_factory=list)
     model: keras.Model | None = None
+    signal_name: str | None = None
 
 
-def train(config: Mask2FormerConfig, *, resume: bool = True, criterion=None) -> TrainResult:
+class StopRequests:
+    """SIGINT and SIGTERM while training: the first is remembered so that the loop saves a checkpoint at the
+    current step and stops; a second one stops at once (KeyboardInterrupt). Handlers are restored on exit.
+    Only the main thread can install handlers; elsewhere this does nothing."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+        self._previous = {}
+
+    def __enter__(self) -> StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGINT, signal.SIGTERM):
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def _handle(self, number, frame) -> None:
+        if self.signal_name is not None:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(number).name
+
+    def __exit__(self, *exc) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+
+def train(
+    config: Mask2FormerConfig, *, resume: bool = True, allow_config_change: bool = False, criterion=None
+) -> TrainResult:
     """Trains `config` until `train.max_steps` optimizer steps, or until `train.max_nonfinite_steps`
-    non-finite losses in a row. `resume`: continue from the newest checkpoint in `train.output_dir` (if
-    there is none, start fresh); False refuses a folder that already has one. `criterion` replaces
-    `build_criterion(config)` (tests inject faults with it). A run without `data.seed` gets
-    `train.seed`, so that its input can be resumed at the same position."""
+    non-finite losses in a row, or until SIGINT / SIGTERM (a checkpoint at the current step, then
+    status "interrupted"). `resume`: continue from the newest checkpoint in `train.output_dir` (if there
+    is none, start fresh); False refuses a folder that already has one. A resumed folder's config.json
+    must equal `config` but for `config.RESUMABLE_CHANGES`, unless `allow_config_change`.
+    `criterion` replaces `build_criterion(config)` (tests inject faults with it). A run without
+    `data.seed` gets `train.seed`, so that its input can be resumed at the same position."""
+    with StopRequests() as stop:
+        return _train(config, resume, allow_config_change, criterion, stop)
+
+
+def _train(config, resume, allow_config_change, criterion, stop: StopRequests) -> TrainResult:
     config.validate()
     t = config.train
     if config.data.seed is None:
         config.data.seed = t.seed
-    if latest_checkpoint(t.output_dir) and not resume:
+    newest = latest_checkpoint(t.output_dir)
+    if newest and not resume:
         raise ValueError(
             f"{t.output_dir} already holds checkpoints; resume it (drop --no-resume) or set another train.output_dir"
         )
+    check_output_dir(t.output_dir)  # write access now (every worker writes there), free space once the model exists
+    config_changes = []
+    if newest:
+        config_changes = check_resume_config(os.path.join(t.output_dir, CONFIG_FILE), config, allow_config_change)
+        reader = tf.train.load_checkpoint(newest)
+        key = "step/.ATTRIBUTES/VARIABLE_VALUE"
+        done = int(reader.get_tensor(key)) if reader.has_tensor(key) else 0
+        if done > t.max_steps:
+            raise ConfigError(
+                f"{t.output_dir} is already at step {done}, past train.max_steps={t.max_steps}; "
+                "set a larger train.max_steps, or another train.output_dir for a new run"
+            )
     keras.utils.set_random_seed(t.seed)
 
     strategy = select_strategy(t)
@@ -79,6 +138,10 @@ def train(config: Mask2FormerConfig, *, resume: bool = True, criterion=None) -> 
         chief=chief,
         worker_id=(resolver.task_id or 0) if resolver is not None else 0,
     )
+    if chief:  # before any work: a checkpoint, its successor being written, the final weights and model
+        # (a checkpoint holds the variables and Adam's two moments of the trainable ones)
+        model_bytes, trainable_bytes = variable_bytes(model.variables), variable_bytes(model.trainable_variables)
+        check_output_dir(t.output_dir, 2 * (model_bytes + 2 * trainable_bytes) + 2 * model_bytes + 2**26)
     last_checkpoint = checkpoints.restore_latest() if resume else None
     start_step = int(step.numpy())
     init_summary = f"resumed from {last_checkpoint} at step {start_step}" if last_checkpoint else None
@@ -111,6 +174,8 @@ def train(config: Mask2FormerConfig, *, resume: bool = True, criterion=None) -> 
         class_names=categories.names,
         postprocessor=PostProcessor.from_config(config, isthing=categories.isthing) if render else None,
     )
+    if config_changes:
+        reporter.message(f"config changes accepted on resume: {'; '.join(config_changes)}")
     reporter.message(
         f"{init_summary}; {strategy.num_replicas_in_sync} replica(s) ({type(strategy).__name__}), "
         f"{t.batch_size} images per step = {per_replica} per replica in {t.accumulation_steps} micro-batch(es), "
@@ -119,9 +184,15 @@ def train(config: Mask2FormerConfig, *, resume: bool = True, criterion=None) -> 
 
     history, nonfinite_in_a_row, status = [], 0, "finished"
     iterator = iter(distributed_train_dataset(config, strategy, start_step))
-    current = start_step
-    while current < t.max_steps:
-        batch = next(iterator)
+    current = saved_step = start_step
+    while current < t.max_steps and stop.signal_name is None:
+        try:
+            batch = next(iterator)
+        except (StopIteration, tf.errors.OutOfRangeError):
+            raise ValueError(
+                f"data.train_files {config.data.train_files} yields no training examples (empty shards?); "
+                "check the converter's summary and the pattern"
+            ) from None
         results = train_step(batch)
         current += 1
         scalars = reporter.step_done(current, results)
@@ -138,16 +209,24 @@ def train(config: Mask2FormerConfig, *, resume: bool = True, criterion=None) -> 
             continue
         nonfinite_in_a_row = 0
         if current % t.checkpoint_every == 0 or current == t.max_steps:
-            last_checkpoint = checkpoints.save()
+            last_checkpoint, saved_step = checkpoints.save(), current
             images = strategy.experimental_local_results(batch["image"])[0]
             reporter.render_predictions(current, model, np.asarray(images))
+    if stop.signal_name is not None and status == "finished" and current < t.max_steps:
+        status = "interrupted"
+        if current != saved_step:
+            last_checkpoint = checkpoints.save()
     if status == "finished" and chief:
-        # Keras weights of the final model, for test.py / test_map.py --weights with this run's config.json.
+        # Keras weights of the final model, for test.py / test_map.py --weights with this run's config.json,
+        # and a float32 .keras carrying the inference settings and class names, for --model.
         model.save_weights(os.path.join(t.output_dir, FINAL_WEIGHTS))
+        final = build_model(config)
+        final.set_weights(model.get_weights())
+        save_model(final, os.path.join(t.output_dir, FINAL_MODEL), config, categories)
     if status == "stopped_nonfinite":
         reporter.message(
             f"stopped after {nonfinite_in_a_row} non-finite losses in a row at step {current}; the last good "
             f"checkpoint is {last_checkpoint}"
         )
     reporter.close()
-    return TrainResult(status, current, last_checkpoint, history, model)
+    return TrainResult(status, current, last_checkpoint, history, model, stop.signal_name)

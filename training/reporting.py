@@ -1,6 +1,8 @@
 """What a run shows and leaves behind: a progress bar, TensorBoard, `metrics.jsonl` and rendered predictions.
 
-- Progress bar (Keras `Progbar`, chief only): step, total loss and its final-set terms, lr, images/s, ETA.
+- Progress (chief only): step, total loss and its final-set terms, lr, images/s, ETA. On a terminal a bar
+  redrawn in place every step; in a file or CI log one plain line every `train.log_every` steps or
+  minute (see `Progress`).
 - TensorBoard (`output_dir/tensorboard`), every `train.log_every` steps: every loss term (all prediction
   sets), the learning rate, the gradient norm, the loss scale, images/s; at each checkpoint a few
   predictions on training images, drawn by `inference.visualize`.
@@ -11,11 +13,12 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+import sys
 import time
 
-import keras
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework.summary_pb2 import SummaryMetadata
@@ -47,6 +50,86 @@ def write_images(name: str, images: np.ndarray, step: int) -> None:
     height, width = images.shape[1:3]
     tensor = tf.constant([str(width).encode(), str(height).encode(), *pngs])
     tf.summary.write(name, tensor, step=step, metadata=IMAGE_METADATA)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    """Training progress for a person: a bar redrawn in place on a terminal, plain lines elsewhere.
+
+    Terminal: `step 1359/2000 [=======>    ] loss 12.3456 ... ETA 0:03:21`, rewritten every step.
+    File / pipe: the same text without the bar, one line every `every_steps` steps or `every_seconds`
+    seconds (and at the first and last step). The ETA is a moving average of the last `window` step
+    times, shown once `warmup` steps (tracing, compilation) are past.
+    """
+
+    def __init__(
+        self,
+        start_step: int,
+        max_steps: int,
+        *,
+        stream=None,
+        every_steps: int = 20,
+        every_seconds: float = 60.0,
+        warmup: int = 2,
+        window: int = 50,
+        clock=time.monotonic,
+    ):
+        self.stream = stream or sys.stdout
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.start_step, self.max_steps = start_step, max_steps
+        self.every_steps, self.every_seconds = max(1, every_steps), every_seconds
+        self.warmup, self.clock = warmup, clock
+        self.durations = collections.deque(maxlen=window)
+        self._last_update = clock()
+        self._last_line = None
+        self._drawn = False
+
+    def eta(self, step: int) -> str:
+        if len(self.durations) == 0:
+            return "--"
+        return _duration((self.max_steps - step) * sum(self.durations) / len(self.durations))
+
+    def text(self, step: int, scalars: dict, images_per_s: float) -> str:
+        width = len(str(self.max_steps))
+        bar = ""
+        if self.tty:
+            done = int(30 * (step - self.start_step) / max(1, self.max_steps - self.start_step))
+            bar = " [" + "=" * max(0, done - 1) + (">" if done else "") + "." * (30 - done) + "]"
+        return (
+            f"step {step:{width}d}/{self.max_steps}{bar} loss {scalars['loss_total']:.4f} "
+            f"ce {scalars['loss_ce']:.4f} mask {scalars['loss_mask']:.4f} dice {scalars['loss_dice']:.4f} "
+            f"lr {scalars['learning_rate']:.2e} {images_per_s:.1f} images/s ETA {self.eta(step)}"
+        )
+
+    def update(self, step: int, scalars: dict, images_per_s: float) -> None:
+        """Reports optimizer step `step` (counted after it)."""
+        now = self.clock()
+        if step - self.start_step > self.warmup:
+            self.durations.append(now - self._last_update)
+        self._last_update = now
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + self.text(step, scalars, images_per_s))
+            self._drawn = True
+        elif (
+            step == self.start_step + 1
+            or step == self.max_steps
+            or step % self.every_steps == 0
+            or self._last_line is None
+            or now - self._last_line >= self.every_seconds
+        ):
+            self.stream.write(self.text(step, scalars, images_per_s) + "\n")
+            self._last_line = now
+        self.stream.flush()
+
+    def clear(self) -> None:
+        """Ends the bar's line on a terminal, so that a message starts on its own line."""
+        if self._drawn:
+            self.stream.write("\n")
+            self._drawn = False
 
 
 def truncate_metrics(path: str, last_step: int) -> None:
@@ -95,11 +178,7 @@ class TrainingReporter:
         self.metrics_path = os.path.join(output_dir, METRICS_FILE)
         truncate_metrics(self.metrics_path, start_step)
         self.writer = tf.summary.create_file_writer(os.path.join(output_dir, "tensorboard"))
-        self.progbar = keras.utils.Progbar(
-            max_steps - start_step,
-            stateful_metrics=["step", "lr", "images/s", "loss", "ce", "mask", "dice"],
-            unit_name="step",
-        )
+        self.progress = Progress(start_step, max_steps, every_steps=log_every)
 
     def step_done(self, step: int, results: dict) -> dict:
         """Reports optimizer step `step` (1-based, as counted after it); returns the scalars logged."""
@@ -118,18 +197,7 @@ class TrainingReporter:
                 for name, value in scalars.items():
                     is_loss_term = name.startswith("loss_") and name != "loss_scale"
                     write_scalar(name if is_loss_term else f"train/{name}", value, step)
-        self.progbar.update(
-            step - self.start_step,
-            values=[
-                ("step", step),
-                ("loss", scalars["loss_total"]),
-                ("ce", scalars["loss_ce"]),
-                ("mask", scalars["loss_mask"]),
-                ("dice", scalars["loss_dice"]),
-                ("lr", scalars["learning_rate"]),
-                ("images/s", images_per_s),
-            ],
-        )
+        self.progress.update(step, scalars, images_per_s)
         return scalars
 
     def render_predictions(self, step: int, model, images: np.ndarray, count: int = 2) -> None:
@@ -152,9 +220,11 @@ class TrainingReporter:
     def message(self, text: str) -> None:
         """A line for the person watching (chief only), not mixed into the progress bar."""
         if self.chief:
-            print(f"\n{text}", flush=True)
+            self.progress.clear()
+            print(text, flush=True)
 
     def close(self) -> None:
         if self.chief:
+            self.progress.clear()
             self.writer.flush()
             self.writer.close()

@@ -1,0 +1,172 @@
+"""What every script shares on its command line.
+
+    def main(argv=None) -> int:
+        parser = cli.parser(__doc__)              # description + the docstring's examples in --help
+        parser.add_argument("--image_dir", help="...")
+        args = cli.parse(parser, argv)            # also accepts --image-dir; quiets TensorFlow
+        import tensorflow as tf                   # heavy imports after parsing: --help stays fast
+        ...
+
+    if __name__ == "__main__":
+        sys.exit(cli.run(main))
+
+- Every flag is accepted with underscores and with hyphens (`--num_samples` = `--num-samples`).
+- `--help` shows the first paragraph of the script's docstring and its indented example commands; it
+  imports nothing heavy (scripts import TensorFlow, Keras and OpenCV only after parsing).
+- TensorFlow's start-up lines (CUDA probing, cpu_feature_guard, absl) are silenced unless `--verbose`.
+- `run(main)` turns expected errors into one line `error: ...` on stderr and an exit status, never a
+  traceback (`--verbose` shows it): 0 done, 1 ran but failed (e.g. some inputs skipped), 2 bad input
+  or configuration, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import textwrap
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM
+
+_VERBOSE = "--verbose" in sys.argv
+
+
+class CommandError(Exception):
+    """An expected failure: `message` (one line naming the file or field and the fix) and an exit status."""
+
+    def __init__(self, message: str, status: int = EXIT_BAD_INPUT):
+        super().__init__(message)
+        self.status = status
+
+
+def parser(doc: str, **kwargs) -> argparse.ArgumentParser:
+    """A parser whose description is the docstring's first paragraph and whose epilog holds its examples
+    (the indented lines), with a `--verbose` flag."""
+    paragraphs = textwrap.dedent(doc).strip().split("\n\n")
+    examples = [p for p in paragraphs if p.startswith("    ") and "python " in p]
+    epilog = "examples:\n" + "\n\n".join(examples) if examples else None
+    result = argparse.ArgumentParser(
+        description=paragraphs[0],
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **kwargs,
+    )
+    result.add_argument(
+        "--verbose", action="store_true", help="show TensorFlow's start-up messages and full tracebacks"
+    )
+    return result
+
+
+def add_both_spellings(parser: argparse.ArgumentParser) -> None:
+    """Registers `--a-b` for every `--a_b` (and the reverse) that the parser does not define already."""
+    for action in parser._actions:  # argparse keeps no public list
+        for option in list(action.option_strings):
+            if not option.startswith("--"):
+                continue
+            body = option[2:]
+            for other in (body.replace("_", "-"), body.replace("-", "_")):
+                alias = "--" + other
+                if alias not in parser._option_string_actions:
+                    action.option_strings.append(alias)
+                    parser._option_string_actions[alias] = action
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """Parses `argv` accepting both flag spellings, then sets TensorFlow's verbosity from `--verbose`."""
+    add_both_spellings(parser)
+    args = parser.parse_args(argv)
+    quiet_tensorflow(verbose=getattr(args, "verbose", False))
+    return args
+
+
+def quiet_tensorflow(verbose: bool = False) -> None:
+    """Silences TensorFlow's C++ start-up lines and absl warnings (must run before TensorFlow is imported)."""
+    global _VERBOSE
+    _VERBOSE = verbose
+    if verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+def import_tensorflow():
+    """Imports TensorFlow with its start-up lines silenced (unless `--verbose`) and returns it.
+
+    `TF_CPP_MIN_LOG_LEVEL` does not reach the lines absl prints before TensorFlow configures its logging
+    ("All log messages before absl::InitializeLog()", "Could not find cuda drivers"), so stderr is pointed
+    at /dev/null while the import runs. Scripts call this before anything that imports TensorFlow or Keras.
+    """
+    if "tensorflow" in sys.modules or _VERBOSE:
+        import tensorflow
+
+        return tensorflow
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    return tensorflow
+
+
+def one_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message (TensorFlow errors: their `message`)."""
+    text = getattr(error, "message", None) or (str(error.args[0]) if error.args else "") or str(error)
+    if isinstance(error, OSError) and error.filename and error.strerror:
+        text = f"{error.filename}: {error.strerror}"
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _is_tensorflow_error(error: BaseException) -> bool:
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(error, tf.errors.OpError)
+
+
+def run(main, argv: list[str] | None = None) -> int:
+    """Calls `main(argv)`; expected errors become one line on stderr and an exit status (see module doc).
+
+    Expected: `CommandError`, ValueError (the repository's ConfigError, ModelLoadError, CheckpointError,
+    ConversionError derive from it), OSError (missing, unreadable, unwritable files, full disks),
+    TensorFlow's errors (e.g. a shard that cannot be read). `SystemExit("message")` prints the message.
+    """
+    try:
+        status = main(argv)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code.splitlines()[0] if e.code.strip() else e.code, file=sys.stderr)
+            return EXIT_BAD_INPUT
+        return e.code if e.code is not None else EXIT_OK
+    except CommandError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return e.status
+    except (ValueError, OSError) as e:
+        if _VERBOSE:
+            raise
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as e:
+        if _VERBOSE or not _is_tensorflow_error(e):
+            raise
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return status if isinstance(status, int) else EXIT_OK
+
+
+def require_file(path: str, flag: str, hint: str = "check the path") -> str:
+    """`path` if it is a file; else OSError naming the flag: it does not exist, or is a folder."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{flag} {path} is a folder, not a file; pass the file inside it")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{flag} {path} does not exist; {hint}")
+    return path
