@@ -188,10 +188,11 @@ def test_entity_bombs_and_external_entities_are_refused(tmp_path, capsys, text, 
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 
-def test_image_name_leaving_the_folder_is_refused(tmp_path):
+def test_image_name_leaving_the_folder_is_refused(tmp_path, capsys):
     from PIL import Image
 
     (tmp_path / "task" / "images").mkdir(parents=True)
+    (tmp_path / "task" / "images" / "notes.txt").write_text("not an image")  # the folder is not empty
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "task" / "outside.png")
     (tmp_path / "task" / "annotations.xml").write_text(PARENT_PATH)
     source = read_cvat_xml(str(tmp_path / "task" / "annotations.xml"), str(tmp_path / "task" / "images"))
@@ -199,8 +200,11 @@ def test_image_name_leaving_the_folder_is_refused(tmp_path):
     assert "'../outside.png' leaves" in str(problem) and source.coco["images"] == []
     out = tmp_path / "task" / "images" / "out"
     argv = ["--cvat_xml", str(tmp_path / "task" / "annotations.xml"), "--image_dir", str(tmp_path / "task" / "images")]
-    assert convert_coco_to_tfrecord.main([*argv, "--output_file_prefix", str(out / "train"), "--num_shards=1"]) == 0
+    # The one image is refused, so nothing is converted: exit 1, the refusal and the error named.
+    assert convert_coco_to_tfrecord.main([*argv, "--output_file_prefix", str(out / "train"), "--num_shards=1"]) == 1
+    err = capsys.readouterr().err
+    assert "'../outside.png' leaves" in err and "error: no image was converted" in err
     written = {p for p in tmp_path.rglob("*") if p.is_file()} - {
-        tmp_path / "task" / n for n in ("outside.png", "annotations.xml")
+        tmp_path / "task" / n for n in ("outside.png", "annotations.xml", "images/notes.txt")
     }
     assert all(out in p.parents for p in written)
