@@ -44,6 +44,12 @@ def load_categories(config: Mask2FormerConfig, file_pattern: str) -> Categories:
     return categories
 
 
+def instance_bucket(count: int, max_instances: int) -> int:
+    """Target slots for a batch whose largest image has `count` instances: the next power of two
+    (at least 1), at most `max_instances`. Few buckets = few traces of the training step."""
+    return min(max(1, 1 << (max(count, 1) - 1).bit_length()), max_instances)
+
+
 def has_targets(serialized: tf.Tensor, source: str) -> tf.Tensor:
     """True when the record has at least one non-crowd object / segment (official empty-image filter)."""
     key = {"objects": fmt.OBJECT_IS_CROWD, "panoptic": fmt.SEGMENT_IS_CROWD}[source]

@@ -32,7 +32,7 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from losses.matcher import HungarianMatcher
-from losses.point_sampling import importance_sample_points, sample_points_per_row
+from losses.point_sampling import importance_sample_points, map_major, pixel_major, read_rows
 
 
 class SetPoints(NamedTuple):
@@ -164,9 +164,11 @@ class SetCriterion:
             class_weight_sum = tf.reduce_sum(weight)
         return tf.reduce_sum(weight * nll) / class_weight_sum
 
-    def mask_losses(self, pred_masks, query_target, masks, points: SetPoints, num_masks, canvas):
-        """Point-sampled BCE and dice over matched pairs, each summed / num_masks."""
-        pred_masks = tf.cast(pred_masks, tf.float32)
+    def mask_losses(self, pred_masks, query_target, target_maps, points: SetPoints, num_masks):
+        """Point-sampled BCE and dice over matched pairs, each summed / num_masks.
+
+        target_maps: the `map_major` layout of the target masks (B, M, H, W)."""
+        pred_maps = map_major(pred_masks)
         num_rows = points.oversampled.shape[1]
         matched = query_target >= 0
         # Matched queries first, in query order: (B, Q) -> (B, R).
@@ -174,7 +176,7 @@ class SetCriterion:
         pair_valid = tf.gather(matched, query, batch_dims=1)
         target = tf.maximum(tf.gather(query_target, query, batch_dims=1), 0)
         coords = importance_sample_points(
-            pred_masks,
+            pred_maps,
             query,
             points.oversampled,
             points.random,
@@ -182,8 +184,8 @@ class SetCriterion:
             self.num_uncertain,
             self.random_points,
         )  # (B, R, P, 2)
-        logits = sample_points_per_row(pred_masks, query, coords)  # (B, R, P)
-        labels = tf.stop_gradient(sample_points_per_row(masks, target, coords, canvas))
+        logits = read_rows(pred_maps, query, coords)  # (B, R, P)
+        labels = tf.stop_gradient(read_rows(target_maps, target, coords))
         bce = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits), axis=-1)
         prob = tf.sigmoid(logits)
         dice = 1.0 - (2.0 * tf.reduce_sum(prob * labels, -1) + 1.0) / (
@@ -214,10 +216,12 @@ class SetCriterion:
         if len(points) != len(prediction_sets):
             raise ValueError(f"points has {len(points)} entries for {len(prediction_sets)} prediction sets")
 
+        # Target masks are laid out once for all prediction sets (shared points, then per pair).
+        target_pixels, target_maps = pixel_major(masks, canvas), map_major(masks, canvas)
         # Match every prediction set at once: (S * B, Q, M) costs -> (S, B, Q) matched slot or -1.
         costs = tf.concat(
             [
-                self.matcher.cost_matrix(p["pred_logits"], p["pred_masks"], labels, masks, pts.match, canvas)
+                self.matcher.cost_matrix(p["pred_logits"], p["pred_masks"], labels, target_pixels, pts.match)
                 for p, pts in zip(prediction_sets, points, strict=True)
             ],
             axis=0,
@@ -237,7 +241,7 @@ class SetCriterion:
                 prediction["pred_logits"], query_target[s], labels, class_weight_sum
             )
             losses[f"loss_mask{suffix}"], losses[f"loss_dice{suffix}"] = self.mask_losses(
-                prediction["pred_masks"], query_target[s], masks, pts, num_masks, canvas
+                prediction["pred_masks"], query_target[s], target_maps, pts, num_masks
             )
         losses["loss_total"] = tf.add_n(
             [
