@@ -168,23 +168,25 @@ class SetCriterion:
         """Point-sampled BCE and dice over matched pairs, each summed / num_masks.
 
         target_maps: the `map_major` layout of the target masks (B, M, H, W)."""
-        pred_maps = map_major(pred_masks)
         num_rows = points.oversampled.shape[1]
         matched = query_target >= 0
         # Matched queries first, in query order: (B, Q) -> (B, R).
         query = tf.argsort(tf.cast(~matched, tf.int32), axis=1, stable=True)[:, :num_rows]
         pair_valid = tf.gather(matched, query, batch_dims=1)
         target = tf.maximum(tf.gather(query_target, query, batch_dims=1), 0)
+        # Only the R matched maps are read (their gradient is R rows, not Q dense maps per corner).
+        pred_maps = map_major(tf.gather(tf.cast(pred_masks, tf.float32), query, batch_dims=1))  # (B, R, h, w)
+        rows = tf.broadcast_to(tf.range(num_rows)[None], tf.shape(query))
         coords = importance_sample_points(
             pred_maps,
-            query,
+            rows,
             points.oversampled,
             points.random,
             self.num_points,
             self.num_uncertain,
             self.random_points,
         )  # (B, R, P, 2)
-        logits = read_rows(pred_maps, query, coords)  # (B, R, P)
+        logits = read_rows(pred_maps, rows, coords)  # (B, R, P)
         labels = tf.stop_gradient(read_rows(target_maps, target, coords))
         bce = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits), axis=-1)
         prob = tf.sigmoid(logits)

@@ -203,7 +203,7 @@ def importance_sample_points(
     layout = layout._replace(data=tf.stop_gradient(layout.data))
     uncertainty = -tf.abs(read_rows(layout, rows, oversampled))  # (B, R, k*P)
     if random_points == "fresh":
-        _, chosen = tf.math.top_k(uncertainty, k=num_uncertain)
+        _, chosen = tf.math.top_k(uncertainty, k=num_uncertain, sorted=False)  # the set, not its order
         extra = random_draw
     elif random_points == "oversampled":
         _, order = tf.math.top_k(uncertainty, k=uncertainty.shape[-1])  # most uncertain first

@@ -333,3 +333,24 @@ def test_test_dataset_program_renders_samples(tmp_path):
         assert test_dataset.main(["--num_samples", "2", "--output_dir", str(out), *extra, *common]) == 0
         rendered = [cv2.imread(str(out / f"sample_{n:03d}.png")) for n in range(2)]
         assert all(r is not None and r.shape == ((64, 64, 3) if not extra else (24, 32, 3)) for r in rendered)
+
+
+def test_bucketed_batches_hold_the_real_targets_in_few_slot_counts(tmp_path):
+    """bucket_instances: each batch's slots are the smallest of 1, 2, 4, 8 holding its targets, with the
+    same targets (and images) as the fixed data.max_instances batches, and no image padded to 8 on the way."""
+    from data.pipeline import instance_bucket, instance_buckets
+
+    assert instance_buckets(8) == [1, 2, 4, 8] and instance_buckets(6) == [1, 2, 4, 6]
+    assert [instance_bucket(n, 6) for n in (0, 1, 3, 5, 9)] == [1, 1, 4, 6, 6]
+    records = [make_example(*random_instances(n % 4 + 1, seed=n), [False] * (n % 4 + 1), source_id=n) for n in range(6)]
+    config = _small_config(_write_shards(tmp_path, records))
+    fixed = list(build_dataset(config, "train", batch_size=2, with_extras=True).take(6).as_numpy_iterator())
+    bucketed = build_dataset(config, "train", batch_size=2, with_extras=True, bucket_instances=True)
+    assert bucketed.element_spec["masks"].shape.as_list() == [2, None, 64, 64]
+    for a, b in zip(fixed, bucketed.take(6).as_numpy_iterator(), strict=True):
+        slots = b["valid"].shape[1]
+        assert slots == instance_bucket(int(a["valid"].sum(axis=1).max()), 8), (slots, a["valid"].sum(axis=1))
+        np.testing.assert_array_equal(a["image"], b["image"])
+        for key in ("masks", "labels", "valid", "boxes"):
+            np.testing.assert_array_equal(a[key][:, :slots], b[key], err_msg=key)
+            assert not a[key][:, slots:].any(), key
