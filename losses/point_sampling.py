@@ -65,7 +65,7 @@ def map_major(maps: tf.Tensor, canvas: tuple[int, int] | None = None) -> Layout:
     maps, size, canvas, is_bytes = _prepare(maps, canvas)
     batch, num_maps = maps.shape[:2]
     flat = tf.reshape(maps, [batch, -1])
-    if flat.shape[1] >= 2**31:
+    if flat.shape[1] is not None and flat.shape[1] >= 2**31:
         raise ValueError(f"{flat.shape[1]} mask pixels per image exceed int32 indexing; lower data.max_instances")
     if is_bytes:
         flat = tf.pad(flat, [[0, 0], [0, -flat.shape[1] % 4]])
