@@ -74,7 +74,7 @@ def reference_fn(images, targets):
 
     from tools.hf_reference import build_reference, normalize
 
-    hf, _ = build_reference("r50", seed=0)
+    hf = build_reference("r50", seed=0)
     hf.train()
     for module in hf.modules():  # frozen batch norm, as ours (detectron2's FrozenBatchNorm2d)
         if isinstance(module, torch.nn.BatchNorm2d):
