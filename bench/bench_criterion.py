@@ -168,8 +168,10 @@ def interleaved(runs: dict, warmup: int, repeats: int) -> dict[str, list[float]]
         for name, run in runs.items():
             start = time.perf_counter()
             run()
+            seconds = time.perf_counter() - start
+            print(f"  round {i} {'(warm-up) ' if i < warmup else ''}{name}: {seconds:.2f} s", flush=True)
             if i >= warmup:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(seconds)
     return times
 
 

@@ -106,8 +106,9 @@ def main():
         write_training_split(args.data)
         seconds = {"before": [], "after": []}
         for _ in range(args.rounds):
-            seconds["before"].append(run_version(before, args))
-            seconds["after"].append(run_version(ROOT, args))
+            for name, code in (("before", before), ("after", ROOT)):
+                seconds[name].append(run_version(code, args))
+                print(f"  {name}: {seconds[name][-1]:.3f} s per step", flush=True)
     b, a = statistics.median(seconds["before"]), statistics.median(seconds["after"])
     load = os.getloadavg()[0]
     print(f"machine: {os.cpu_count()} CPU cores, load {load:.1f}; quickstart preset, 8 images of 128x128 per step")
