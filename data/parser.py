@@ -100,8 +100,10 @@ def _ssd_color_jitter(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 
 
 # ------------------------------------------------------------ target slots
-def pad_instances(masks: tf.Tensor, labels: tf.Tensor, max_instances: int, source_id: tf.Tensor):
-    """(N, H, W) masks and (N,) labels -> (M, H, W), (M,), valid (M,). Over M: keeps the M largest."""
+def pad_instances(masks: tf.Tensor, labels: tf.Tensor, max_instances: int, source_id: tf.Tensor, pad: bool = True):
+    """(N, H, W) masks and (N,) labels -> (M, H, W), (M,), valid (M,). Over M: keeps the M largest.
+
+    pad=False keeps the min(N, M) real targets: (n, H, W), (n,), valid (n,) all true."""
     count = tf.shape(labels)[0]
 
     def keep_largest():
@@ -118,6 +120,8 @@ def pad_instances(masks: tf.Tensor, labels: tf.Tensor, max_instances: int, sourc
 
     masks, labels = tf.cond(count > max_instances, keep_largest, lambda: (masks, labels))
     count = tf.minimum(count, max_instances)
+    if not pad:
+        return masks, labels, tf.ones([count], tf.bool)
     padding = max_instances - count
     masks = tf.pad(masks, [[0, padding], [0, 0], [0, 0]])
     labels = tf.pad(labels, [[0, padding]])
@@ -129,6 +133,9 @@ def pad_instances(masks: tf.Tensor, labels: tf.Tensor, max_instances: int, sourc
 class TrainParser:
     """Decoded example + per-sample seed (2,) -> the static training contract (see module docstring).
 
+    `fixed_slots=False` keeps only the real targets (M = their number, at most `max_instances`), for
+    the pipeline to pad each batch to its own bucket (see data/pipeline.py): no image carries
+    `max_instances` full-size masks.
     `with_extras` adds `ignore_mask` uint8 (H, W) (padding, crowd and unlabelled pixels), `boxes`
     float32 (M, 4) [ymin, xmin, ymax, xmax] in output pixels (instance source only; zeros otherwise)
     and `source_id`, for inspection (`test_dataset.py`) and tests.
@@ -144,6 +151,7 @@ class TrainParser:
         horizontal_flip: bool = True,
         image_pad_value: float = 128.0,
         with_extras: bool = False,
+        fixed_slots: bool = True,
     ):
         if augmentation not in ("lsj", "ade20k"):
             raise ValueError(f"augmentation must be 'lsj' or 'ade20k', got {augmentation!r}")
@@ -154,6 +162,7 @@ class TrainParser:
         self.horizontal_flip = horizontal_flip
         self.image_pad_value = float(image_pad_value)
         self.with_extras = with_extras
+        self.fixed_slots = fixed_slots
 
     def _sample_window(self, in_size: tf.Tensor, seeds: list[tf.Tensor]):
         """(scaled_size, offset, crop_size) int32 (2,) each, for the configured recipe."""
@@ -215,12 +224,15 @@ class TrainParser:
             labels = tf.gather(classes, ids - 1)
 
         target_masks = _pad_to(target_masks, self.image_size, 0, axis=1)
-        masks, labels, valid = pad_instances(target_masks, labels, self.max_instances, example["source_id"])
+        masks, labels, valid = pad_instances(
+            target_masks, labels, self.max_instances, example["source_id"], pad=self.fixed_slots
+        )
+        slots = self.max_instances if self.fixed_slots else None
         out = {
             "image": tf.ensure_shape(image, [*self.image_size, 3]),
-            "masks": tf.ensure_shape(masks, [self.max_instances, *self.image_size]),
-            "labels": tf.ensure_shape(tf.cast(labels, tf.int32), [self.max_instances]),
-            "valid": tf.ensure_shape(valid, [self.max_instances]),
+            "masks": tf.ensure_shape(masks, [slots, *self.image_size]),
+            "labels": tf.ensure_shape(tf.cast(labels, tf.int32), [slots]),
+            "valid": tf.ensure_shape(valid, [slots]),
         }
         if self.with_extras:
             out["ignore_mask"] = _pad_to(tf.cast(crowd(), tf.uint8), self.image_size, 1, axis=0)
@@ -231,7 +243,7 @@ class TrainParser:
     def _boxes(self, example, keep, flip, in_size, scaled, offset, crop) -> tf.Tensor:
         """The record's boxes through the same flip / scale / crop, for the kept targets: (M, 4)."""
         if "boxes" not in example:
-            return tf.zeros([self.max_instances, 4], tf.float32)
+            return tf.zeros([self.max_instances if self.fixed_slots else 0, 4], tf.float32)
         b = example["boxes"]  # [N, 4] ymin, xmin, ymax, xmax in input pixels
         width = tf.cast(in_size[1], tf.float32)
         xmin = tf.where(flip, width - b[:, 3], b[:, 1])
@@ -242,6 +254,8 @@ class TrainParser:
         xs = tf.clip_by_value(tf.stack([xmin, xmax], -1) * factor[1] - shift[1], 0.0, limit[1])
         boxes = tf.boolean_mask(tf.stack([ys[:, 0], xs[:, 0], ys[:, 1], xs[:, 1]], axis=-1), keep)
         boxes = boxes[: self.max_instances]
+        if not self.fixed_slots:
+            return boxes
         return tf.pad(boxes, [[0, self.max_instances - tf.shape(boxes)[0]], [0, 0]])
 
 

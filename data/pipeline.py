@@ -9,7 +9,9 @@ Per-replica batching under tf.distribute (each replica reads its own files):
     strategy.distribute_datasets_from_function(
         lambda ctx: build_dataset(config, "train", batch_size=ctx.get_per_replica_batch_size(16), input_context=ctx))
 
-Training elements follow the static contract (`image`, `masks`, `labels`, `valid`; see data/parser.py),
+Training elements follow the contract of data/parser.py (`image`, `masks`, `labels`, `valid`), with
+M = data.max_instances target slots, or with `bucket_instances` (what training uses on one machine)
+M = the batch's bucket: the smallest of 1, 2, 4, ..., data.max_instances that holds its targets;
 evaluation elements are `image`, `valid_size`, `original_size`, `source_id`. The target source follows
 `config.inference.task`: instance -> the records' objects, panoptic -> their panoptic segments,
 semantic -> their label PNG. With `config.data.seed` set the output is the same on every run.
@@ -44,6 +46,32 @@ def load_categories(config: Mask2FormerConfig, file_pattern: str) -> Categories:
     return categories
 
 
+def instance_buckets(max_instances: int) -> list[int]:
+    """The target slot counts a bucketed training batch can have: 1, 2, 4, ... below max_instances, and it."""
+    return sorted({min(2**i, max_instances) for i in range(max_instances.bit_length() + 1)})
+
+
+def instance_bucket(count: int, max_instances: int) -> int:
+    """Target slots for a batch whose largest image has `count` instances: the smallest bucket >= count."""
+    return next(b for b in instance_buckets(max_instances) if b >= min(count, max_instances))
+
+
+def pad_to_bucket(batch: dict[str, tf.Tensor], max_instances: int) -> dict[str, tf.Tensor]:
+    """Pads the target slots of a padded batch (masks (B, n, H, W), labels, valid, boxes) to its bucket.
+
+    Few buckets = few traces of the training step, and no batch carries `max_instances` full-size masks.
+    """
+    buckets = tf.constant(instance_buckets(max_instances))
+    slots = tf.reduce_min(tf.boolean_mask(buckets, buckets >= tf.shape(batch["valid"])[1]))
+    padding = slots - tf.shape(batch["valid"])[1]
+    out = dict(batch)
+    for key in ("masks", "labels", "valid", "boxes"):
+        if key in batch:
+            rank = batch[key].shape.rank
+            out[key] = tf.pad(batch[key], [[0, 0], [0, padding]] + [[0, 0]] * (rank - 2))
+    return out
+
+
 def has_targets(serialized: tf.Tensor, source: str) -> tf.Tensor:
     """True when the record has at least one non-crowd object / segment (official empty-image filter)."""
     key = {"objects": fmt.OBJECT_IS_CROWD, "panoptic": fmt.SEGMENT_IS_CROWD}[source]
@@ -60,6 +88,7 @@ def build_dataset(
     with_extras: bool = False,
     file_pattern: str | None = None,
     skip_examples: int = 0,
+    bucket_instances: bool = False,
 ) -> tf.data.Dataset:
     """The input pipeline for `split` ("train" or "val").
 
@@ -71,6 +100,9 @@ def build_dataset(
     file_pattern: overrides data.train_files / data.val_files.
     skip_examples: training only; leaves out the first that many examples of this pipeline before they
         are decoded (resuming a run at its data position; each keeps its augmentation seed).
+    bucket_instances: training batches only; the target slots M of each batch are the smallest of
+        1, 2, 4, ..., data.max_instances that holds its largest image's targets (`pad_to_bucket`),
+        instead of always data.max_instances. The training step then traces once per bucket in use.
     """
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
@@ -114,6 +146,7 @@ def build_dataset(
             horizontal_flip=data.horizontal_flip,
             image_pad_value=data.image_pad_value,
             with_extras=with_extras,
+            fixed_slots=not (bucket_instances and batch_size),
         )
         # Sample i gets the seed (seed, i): the same augmentation whichever thread parses it.
         dataset = (
@@ -139,7 +172,10 @@ def build_dataset(
         )
         dataset = dataset.map(lambda s: parser(decoder(s)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
-    if batch_size:
+    if batch_size and training and bucket_instances:
+        dataset = dataset.padded_batch(batch_size, drop_remainder=True)
+        dataset = dataset.map(lambda batch: pad_to_bucket(batch, data.max_instances))
+    elif batch_size:
         dataset = dataset.batch(batch_size, drop_remainder=training)
     options = tf.data.Options()
     options.deterministic = deterministic or not training

@@ -10,9 +10,11 @@ Keys: `loss_ce`, `loss_mask`, `loss_dice` for the final set, `loss_ce_{i}` ... f
 (earliest first), and `loss_total` = sum over sets of class_weight * ce + mask_weight * mask +
 dice_weight * dice.
 
-Static shapes: targets are padded to M slots (`valid` says which are real), matched pairs are kept in
-R = min(Q, M) rows per image (ordered by query, as the reference orders them), so the loss traces once
-and runs under `tf.function(jit_compile=True)` with the "tf" matcher.
+Shapes: targets are padded to M slots (`valid` says which are real; the training pipeline pads each
+batch to a small bucket of its real count), random points are drawn for R = min(Q, M) rows per image,
+and the loss traces once per M. Only the matched pairs (ordered by image and query, as the reference
+orders them) are point-sampled; with `dynamic_pairs=False` all R rows are, the unmatched ones masked,
+so that the loss runs under `tf.function(jit_compile=True)` with the "tf" matcher.
 
 Normalisers and gradient accumulation: by default `num_masks` is this batch's number of valid targets,
 averaged over replicas (all-reduced in the replica context), clamped at 1, and `class_weight_sum` is this
@@ -27,12 +29,13 @@ Randomness: every point is drawn from `seed` with stateless ops, or passed in as
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import tensorflow as tf
 
 from losses.matcher import HungarianMatcher
-from losses.point_sampling import importance_sample_points, sample_points_per_row
+from losses.point_sampling import importance_sample_points, map_major, pixel_major, read_rows
 
 
 class SetPoints(NamedTuple):
@@ -63,6 +66,8 @@ class SetCriterion:
         random_points: "fresh" (official) or "oversampled"; where the remaining points come from.
         mask_stride: int, input pixels per predicted mask pixel: target masks are read on a canvas of
             (h * stride, w * stride), i.e. zero-padded like the padded input image.
+        dynamic_pairs: point-sample exactly the matched pairs (a batch-dependent count, as the reference);
+            False keeps all B * R rows with the unmatched ones masked (static shapes for XLA and TPU).
 
     Call: `criterion(outputs, targets, *, seed=None, points=None, num_masks=None, class_weight_sum=None)`
         outputs: `pred_logits` (B, Q, K+1), `pred_masks` (B, Q, h, w), optional `aux_outputs` (list of
@@ -89,6 +94,7 @@ class SetCriterion:
         importance_sample_ratio: float = 0.75,
         random_points: str = "fresh",
         mask_stride: int = 4,
+        dynamic_pairs: bool = True,
     ):
         if random_points not in ("fresh", "oversampled"):
             raise ValueError(f"random_points must be 'fresh' or 'oversampled', got {random_points!r}")
@@ -103,6 +109,7 @@ class SetCriterion:
         self.importance_sample_ratio = importance_sample_ratio
         self.random_points = random_points
         self.mask_stride = mask_stride
+        self.dynamic_pairs = dynamic_pairs
         self.num_oversampled = int(num_points * oversample_ratio)
         self.num_uncertain = int(importance_sample_ratio * num_points)
 
@@ -164,34 +171,49 @@ class SetCriterion:
             class_weight_sum = tf.reduce_sum(weight)
         return tf.reduce_sum(weight * nll) / class_weight_sum
 
-    def mask_losses(self, pred_masks, query_target, masks, points: SetPoints, num_masks, canvas):
-        """Point-sampled BCE and dice over matched pairs, each summed / num_masks."""
-        pred_masks = tf.cast(pred_masks, tf.float32)
+    def mask_losses(self, pred_masks, query_target, target_maps, points: SetPoints, num_masks):
+        """Point-sampled BCE and dice over matched pairs, each summed / num_masks.
+
+        target_maps: `map_major` layout of all target masks as one image, (1, B*M, H, W)."""
+        batch, num_queries = query_target.shape
+        num_slots = target_maps.num_maps // batch
         num_rows = points.oversampled.shape[1]
         matched = query_target >= 0
         # Matched queries first, in query order: (B, Q) -> (B, R).
         query = tf.argsort(tf.cast(~matched, tf.int32), axis=1, stable=True)[:, :num_rows]
         pair_valid = tf.gather(matched, query, batch_dims=1)
         target = tf.maximum(tf.gather(query_target, query, batch_dims=1), 0)
+        if self.dynamic_pairs:  # the N matched pairs, image by image in query order (as the reference)
+            pairs, keep = tf.where(pair_valid), None  # (N, 2) [image, row]
+        else:  # static shapes (XLA, TPU): all B * R rows, the unmatched ones masked out
+            pairs = tf.reshape(tf.stack(tf.meshgrid(tf.range(batch), tf.range(num_rows), indexing="ij"), -1), [-1, 2])
+            keep = tf.reshape(pair_valid, [-1])
+        pairs = tf.cast(pairs, tf.int32)
+        image = pairs[:, 0]
+        # Only the matched maps are read (their gradient is N maps, not Q dense maps per corner).
+        pred = tf.gather_nd(tf.cast(pred_masks, tf.float32), tf.stack([image, tf.gather_nd(query, pairs)], -1))
+        pred_maps = map_major(pred[None])  # (1, N, h, w)
+        rows = tf.range(tf.shape(pairs)[0])[None]  # (1, N)
         coords = importance_sample_points(
-            pred_masks,
-            query,
-            points.oversampled,
-            points.random,
+            pred_maps,
+            rows,
+            tf.gather_nd(points.oversampled, pairs)[None],
+            tf.gather_nd(points.random, pairs)[None],
             self.num_points,
             self.num_uncertain,
             self.random_points,
-        )  # (B, R, P, 2)
-        logits = sample_points_per_row(pred_masks, query, coords)  # (B, R, P)
-        labels = tf.stop_gradient(sample_points_per_row(masks, target, coords, canvas))
+        )  # (1, N, P, 2)
+        logits = read_rows(pred_maps, rows, coords)  # (1, N, P)
+        target_rows = (image * num_slots + tf.gather_nd(target, pairs))[None]
+        labels = tf.stop_gradient(read_rows(target_maps, target_rows, coords))
         bce = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits), axis=-1)
         prob = tf.sigmoid(logits)
         dice = 1.0 - (2.0 * tf.reduce_sum(prob * labels, -1) + 1.0) / (
             tf.reduce_sum(prob, -1) + tf.reduce_sum(labels, -1) + 1.0
         )
-        loss_mask = tf.reduce_sum(tf.where(pair_valid, bce, 0.0)) / num_masks
-        loss_dice = tf.reduce_sum(tf.where(pair_valid, dice, 0.0)) / num_masks
-        return loss_mask, loss_dice
+        if keep is not None:
+            bce, dice = tf.where(keep[None], bce, 0.0), tf.where(keep[None], dice, 0.0)
+        return tf.reduce_sum(bce) / num_masks, tf.reduce_sum(dice) / num_masks
 
     # ------------------------------------------------------------------------------------- call
     def __call__(self, outputs, targets, *, seed=None, points=None, num_masks=None, class_weight_sum=None):
@@ -214,10 +236,13 @@ class SetCriterion:
         if len(points) != len(prediction_sets):
             raise ValueError(f"points has {len(points)} entries for {len(prediction_sets)} prediction sets")
 
+        # Target masks are laid out once for all prediction sets (shared points, then per pair).
+        target_pixels = pixel_major(masks, canvas)
+        target_maps = map_major(tf.reshape(masks, [1, -1, *masks.shape[2:]]), canvas)  # one image of B * M maps
         # Match every prediction set at once: (S * B, Q, M) costs -> (S, B, Q) matched slot or -1.
         costs = tf.concat(
             [
-                self.matcher.cost_matrix(p["pred_logits"], p["pred_masks"], labels, masks, pts.match, canvas)
+                self.matcher.cost_matrix(p["pred_logits"], p["pred_masks"], labels, target_pixels, pts.match)
                 for p, pts in zip(prediction_sets, points, strict=True)
             ],
             axis=0,
@@ -237,7 +262,7 @@ class SetCriterion:
                 prediction["pred_logits"], query_target[s], labels, class_weight_sum
             )
             losses[f"loss_mask{suffix}"], losses[f"loss_dice{suffix}"] = self.mask_losses(
-                prediction["pred_masks"], query_target[s], masks, pts, num_masks, canvas
+                prediction["pred_masks"], query_target[s], target_maps, pts, num_masks
             )
         losses["loss_total"] = tf.add_n(
             [
@@ -296,4 +321,7 @@ def build_criterion(config) -> SetCriterion:
         oversample_ratio=loss.oversample_ratio,
         importance_sample_ratio=loss.importance_sample_ratio,
         random_points=loss.random_points,
+        dynamic_pairs=not (
+            config.train.jit_compile or config.train.distribution == "tpu" or os.environ.get("TPU_NAME")
+        ),
     )

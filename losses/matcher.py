@@ -18,7 +18,7 @@ import numpy as np
 import scipy.optimize
 import tensorflow as tf
 
-from losses.point_sampling import sample_shared_points
+from losses.point_sampling import Layout, pixel_major, read_shared
 
 # A diverged model can produce non-finite costs; they become this (finite) value, so such pairs are
 # matched only when nothing else is possible (transformers uses float max with scipy's float64 solver;
@@ -28,20 +28,22 @@ NONFINITE_COST = 1e8
 
 # ------------------------------------------------------------------------------------------ costs
 def pairwise_sigmoid_ce(pred: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
-    """Mean over points of BCE-with-logits for every pair: (B, Q, P), (B, M, P) -> (B, Q, M)."""
-    num_points = tf.cast(tf.shape(pred)[-1], pred.dtype)
+    """Mean over points of BCE-with-logits for every pair: (B, P, Q), (B, P, M) -> (B, Q, M).
+
+    As the official matcher: two matmuls over the shared points (points-major operands, as sampled)."""
+    num_points = tf.cast(tf.shape(pred)[1], pred.dtype)
     pos = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.ones_like(pred), logits=pred)
     neg = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.zeros_like(pred), logits=pred)
-    return tf.matmul(pos / num_points, target, transpose_b=True) + tf.matmul(
-        neg / num_points, 1.0 - target, transpose_b=True
+    return tf.matmul(pos / num_points, target, transpose_a=True) + tf.matmul(
+        neg / num_points, 1.0 - target, transpose_a=True
     )
 
 
 def pairwise_dice(pred: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
-    """Dice loss of sigmoid(pred) for every pair: (B, Q, P), (B, M, P) -> (B, Q, M)."""
+    """Dice loss of sigmoid(pred) for every pair: (B, P, Q), (B, P, M) -> (B, Q, M)."""
     prob = tf.sigmoid(pred)
-    numerator = 2.0 * tf.matmul(prob, target, transpose_b=True)
-    denominator = tf.reduce_sum(prob, -1)[:, :, None] + tf.reduce_sum(target, -1)[:, None, :]
+    numerator = 2.0 * tf.matmul(prob, target, transpose_a=True)
+    denominator = tf.reduce_sum(prob, 1)[:, :, None] + tf.reduce_sum(target, 1)[:, None, :]
     return 1.0 - (numerator + 1.0) / (denominator + 1.0)
 
 
@@ -232,7 +234,7 @@ class HungarianMatcher:
         pred_logits: tf.Tensor,
         pred_masks: tf.Tensor,
         labels: tf.Tensor,
-        masks: tf.Tensor,
+        masks: tf.Tensor | Layout,
         coords: tf.Tensor,
         canvas: tuple[int, int] | None = None,
     ) -> tf.Tensor:
@@ -240,9 +242,11 @@ class HungarianMatcher:
 
         Args:
             pred_logits: (B, Q, K+1). pred_masks: (B, Q, h, w) logits.
-            labels: (B, M) int32 (any value in invalid slots). masks: (B, M, H, W) 0/1.
+            labels: (B, M) int32 (any value in invalid slots). masks: (B, M, H, W) 0/1, or their
+                `pixel_major` layout (built once for all prediction sets).
             coords: (B, P, 2) shared uniform points (x, y) in [0, 1].
-            canvas: (Hc, Wc) padded size the target masks are read in (None: their own size).
+            canvas: (Hc, Wc) padded size the target masks are read in (None: their own size; ignored
+                for a layout, which has its canvas).
         Returns:
             (B, Q, M) float32 cost, no gradient.
         """
@@ -251,8 +255,9 @@ class HungarianMatcher:
         prob = tf.nn.softmax(pred_logits, axis=-1)
         safe_labels = tf.clip_by_value(labels, 0, pred_logits.shape[-1] - 1)
         cost_class = -tf.gather(prob, safe_labels, axis=2, batch_dims=1)  # (B, Q, M)
-        pred_points = sample_shared_points(pred_masks, coords)  # (B, Q, P)
-        target_points = sample_shared_points(masks, coords, canvas)  # (B, M, P)
+        pred_points = read_shared(pixel_major(pred_masks), coords)  # (B, P, Q)
+        targets = masks if isinstance(masks, Layout) else pixel_major(masks, canvas)
+        target_points = read_shared(targets, coords)  # (B, P, M)
         return (
             self.cost_mask * pairwise_sigmoid_ce(pred_points, target_points)
             + self.cost_class * cost_class

@@ -6,22 +6,81 @@ torch's kernel step by step (`grid = 2c - 1`, `ix = ((grid + 1) * W - 1) / 2`, f
 summed nw, ne, sw, se), so sampled values and the points chosen by importance sampling agree with
 the reference to float32 rounding.
 
+Maps are read in one of two layouts, built once and read many times:
+  - `pixel_major`: one row of all N map values per pixel, (B, H*W, N); every map of an image read at
+    the same points (matching costs) is then a gather of whole rows (no per-map index arithmetic);
+  - `map_major`: the maps flattened one after another, (B, N*H*W); each row of points reads its own
+    map (the losses of matched pairs).
+Corner indices and weights are computed once per point, not per map and corner.
+8-bit masks stay 8-bit: they are read as 32-bit words (TF has no GPU gather for 8-bit types, and a
+float copy of all target masks would cost 4x their memory).
+
 Also here: the importance sampling of Mask2Former's mask losses (detectron2's
 `get_uncertain_point_coords_with_randomness`), with its random draws passed in by the caller.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import tensorflow as tf
 
 
-def _corners(coords: tf.Tensor, height: int, width: int, canvas: tuple[int, int] | None):
-    """Flat pixel indices (..., P, 4) and bilinear weights (..., P, 4) of the nw, ne, sw, se corners.
+class Layout(NamedTuple):
+    """Maps ready for point reads (see the module docstring).
 
-    `canvas` = (Hc, Wc) >= (H, W) places the map at the top-left of a larger zero canvas and reads the
-    coordinates relative to the canvas (equal to zero-padding the map bottom/right first).
+    data: `pixel_major` (B, H*W, N) float32, or int32 words (B, H*W, ceil(N/4)) for 8-bit maps;
+        `map_major` (B, N*H*W) float32, or int32 words (B, ceil(N*H*W/4)) for 8-bit maps.
+    num_maps: N. size: (H, W). canvas: (Hc, Wc) >= (H, W), the zero canvas the coordinates refer to.
+    bytes: True for 8-bit maps.
     """
-    canvas_h, canvas_w = canvas if canvas is not None else (height, width)
+
+    data: tf.Tensor
+    num_maps: int
+    size: tuple[int, int]
+    canvas: tuple[int, int]
+    bytes: bool
+
+
+def _prepare(maps: tf.Tensor, canvas: tuple[int, int] | None):
+    size = tuple(maps.shape[2:])
+    is_bytes = maps.dtype in (tf.uint8, tf.bool)
+    maps = tf.cast(maps, tf.uint8) if is_bytes else tf.cast(maps, tf.float32)
+    return maps, size, tuple(canvas) if canvas is not None else size, is_bytes
+
+
+def pixel_major(maps: tf.Tensor, canvas: tuple[int, int] | None = None) -> Layout:
+    """Layout for reading all maps of an image at shared points. maps: (B, N, H, W) float or 8-bit."""
+    maps, size, canvas, is_bytes = _prepare(maps, canvas)
+    batch, num_maps = maps.shape[:2]
+    rows = tf.transpose(tf.reshape(maps, [batch, num_maps, -1]), [0, 2, 1])  # [B, N, HW] -> [B, HW, N]
+    if is_bytes:
+        rows = tf.pad(rows, [[0, 0], [0, 0], [0, -num_maps % 4]])
+        rows = tf.bitcast(tf.reshape(rows, [batch, rows.shape[1], -1, 4]), tf.int32)  # (B, HW, ceil(N / 4))
+    return Layout(rows, num_maps, size, canvas, is_bytes)
+
+
+def map_major(maps: tf.Tensor, canvas: tuple[int, int] | None = None) -> Layout:
+    """Layout for reading map `rows[b, r]` at its own points. maps: (B, N, H, W) float or 8-bit."""
+    maps, size, canvas, is_bytes = _prepare(maps, canvas)
+    batch, num_maps = maps.shape[:2]
+    flat = tf.reshape(maps, [batch, -1])
+    if flat.shape[1] is not None and flat.shape[1] >= 2**31:
+        raise ValueError(f"{flat.shape[1]} mask pixels per image exceed int32 indexing; lower data.max_instances")
+    if is_bytes:
+        flat = tf.pad(flat, [[0, 0], [0, -flat.shape[1] % 4]])
+        flat = tf.bitcast(tf.reshape(flat, [batch, -1, 4]), tf.int32)  # (B, ceil(N * H * W / 4))
+    return Layout(flat, num_maps, size, canvas, is_bytes)
+
+
+def _corners(coords: tf.Tensor, size: tuple[int, int], canvas: tuple[int, int]):
+    """Flat pixel indices and bilinear weights of the nw, ne, sw, se corners, each (..., P).
+
+    Corners outside the map (off the canvas, or on the canvas beyond the map) get weight 0 and a
+    clamped index; products and sums follow torch's kernel.
+    """
+    height, width = size
+    canvas_h, canvas_w = canvas
     grid = 2.0 * coords - 1.0
     ix = ((grid[..., 0] + 1.0) * canvas_w - 1.0) / 2.0
     iy = ((grid[..., 1] + 1.0) * canvas_h - 1.0) / 2.0
@@ -29,41 +88,53 @@ def _corners(coords: tf.Tensor, height: int, width: int, canvas: tuple[int, int]
     y0 = tf.floor(iy)
     x1 = x0 + 1.0
     y1 = y0 + 1.0
-    corner_x = tf.stack([x0, x1, x0, x1], axis=-1)
-    corner_y = tf.stack([y0, y0, y1, y1], axis=-1)
-    weights = tf.stack([(x1 - ix) * (y1 - iy), (ix - x0) * (y1 - iy), (x1 - ix) * (iy - y0), (ix - x0) * (iy - y0)], -1)
-    inside = (corner_x >= 0) & (corner_x <= width - 1) & (corner_y >= 0) & (corner_y <= height - 1)
-    weights = tf.where(inside, weights, tf.zeros_like(weights))
-    cx = tf.cast(tf.clip_by_value(corner_x, 0, width - 1), tf.int32)
-    cy = tf.cast(tf.clip_by_value(corner_y, 0, height - 1), tf.int32)
-    return cy * width + cx, weights
+    in_x0, in_x1 = (x0 >= 0) & (x0 <= width - 1), (x1 >= 0) & (x1 <= width - 1)
+    in_y0, in_y1 = (y0 >= 0) & (y0 <= height - 1), (y1 >= 0) & (y1 <= height - 1)
+    weights = (
+        tf.where(in_x0 & in_y0, (x1 - ix) * (y1 - iy), 0.0),
+        tf.where(in_x1 & in_y0, (ix - x0) * (y1 - iy), 0.0),
+        tf.where(in_x0 & in_y1, (x1 - ix) * (iy - y0), 0.0),
+        tf.where(in_x1 & in_y1, (ix - x0) * (iy - y0), 0.0),
+    )
+    cx0, cx1 = (tf.cast(tf.clip_by_value(x, 0.0, width - 1.0), tf.int32) for x in (x0, x1))
+    row0, row1 = (tf.cast(tf.clip_by_value(y, 0.0, height - 1.0), tf.int32) * width for y in (y0, y1))
+    return (row0 + cx0, row0 + cx1, row1 + cx0, row1 + cx1), weights
 
 
-def _interpolate(values: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
-    """Sums the four weighted corners in torch's order: (..., P, 4) -> (..., P)."""
-    values = tf.cast(values, tf.float32) * weights
-    return ((values[..., 0] + values[..., 1]) + values[..., 2]) + values[..., 3]
+def _weighted_sum(values, weights):
+    """sum of value * weight over the four corners in torch's order ((nw + ne) + sw) + se."""
+    terms = [v * w for v, w in zip(values, weights, strict=True)]
+    return ((terms[0] + terms[1]) + terms[2]) + terms[3]
 
 
-def _gather_pixels(maps: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
-    """Reads maps (B, N, H, W) at flat indices (B, K) into N * H * W -> float32 (B, K).
+def read_shared(layout: Layout, coords: tf.Tensor) -> tf.Tensor:
+    """Every map of a `pixel_major` layout at the image's points: coords (B, P, 2) -> (B, P, N) float32."""
+    indices, weights = _corners(coords, layout.size, layout.canvas)  # (B, P) each
+    values = []
+    for index in indices:
+        rows = tf.gather(layout.data, index, batch_dims=1)  # (B, P, N) or words (B, P, ceil(N / 4))
+        if layout.bytes:
+            rows = tf.reshape(tf.bitcast(rows, tf.uint8), [rows.shape[0], -1, 4 * rows.shape[2]])
+            rows = tf.cast(rows[:, :, : layout.num_maps], tf.float32)
+        values.append(rows)
+    return _weighted_sum(values, [w[:, :, None] for w in weights])
 
-    uint8 / bool masks are read as 32-bit words (TF has no GPU gather for 8-bit types, and a float copy
-    of all target masks would cost 4x their memory), then the wanted byte is shifted out.
-    """
-    batch = maps.shape[0]
-    flat = tf.reshape(maps, [batch, -1])
-    if flat.shape[1] >= 2**31:
-        raise ValueError(f"{flat.shape[1]} mask pixels per image exceed int32 indexing; lower data.max_instances")
-    if maps.dtype not in (tf.uint8, tf.bool):
-        return tf.cast(tf.gather(flat, index, batch_dims=1), tf.float32)
-    flat = tf.cast(flat, tf.uint8)
-    flat = tf.pad(flat, [[0, 0], [0, -flat.shape[1] % 4]])
-    words = tf.bitcast(tf.reshape(flat, [batch, -1, 4]), tf.int32)  # (B, ceil(L / 4))
-    word = tf.gather(words, index // 4, batch_dims=1)
+
+def _read_flat(layout: Layout, index: tf.Tensor) -> tf.Tensor:
+    """Values of a `map_major` layout at flat indices (B, ...) -> float32 (B, ...)."""
+    if not layout.bytes:
+        return tf.gather(layout.data, index, batch_dims=1)
+    word = tf.gather(layout.data, index // 4, batch_dims=1)
     little_endian = tf.bitcast(tf.constant([1, 0, 0, 0], tf.uint8), tf.int32) == 1
     byte = tf.where(little_endian, index % 4, 3 - index % 4)
     return tf.cast(tf.bitwise.bitwise_and(tf.bitwise.right_shift(word, 8 * byte), 0xFF), tf.float32)
+
+
+def read_rows(layout: Layout, rows: tf.Tensor, coords: tf.Tensor) -> tf.Tensor:
+    """Map `rows[b, r]` of a `map_major` layout at its own points: (B, R), (B, R, P, 2) -> (B, R, P)."""
+    indices, weights = _corners(coords, layout.size, layout.canvas)  # (B, R, P) each
+    first = rows[:, :, None] * (layout.size[0] * layout.size[1])
+    return _weighted_sum([_read_flat(layout, first + index) for index in indices], weights)
 
 
 def sample_shared_points(maps: tf.Tensor, coords: tf.Tensor, canvas: tuple[int, int] | None = None) -> tf.Tensor:
@@ -72,15 +143,12 @@ def sample_shared_points(maps: tf.Tensor, coords: tf.Tensor, canvas: tuple[int, 
     Args:
         maps: (B, N, H, W) float, or uint8 / bool masks.
         coords: (B, P, 2) float32 (x, y) in [0, 1].
-        canvas: optional (Hc, Wc) zero canvas the maps sit in (see `_corners`).
+        canvas: optional (Hc, Wc) >= (H, W): the maps sit at the top-left of a zero canvas of that size
+            and the coordinates refer to the canvas (equal to zero-padding the maps bottom/right first).
     Returns:
         (B, N, P) float32.
     """
-    batch, num_maps, height, width = maps.shape
-    index, weights = _corners(coords, height, width, canvas)  # (B, P, 4)
-    index = index[:, None] + tf.range(num_maps)[None, :, None, None] * (height * width)  # (B, N, P, 4)
-    values = _gather_pixels(maps, tf.reshape(index, [batch, -1]))
-    return _interpolate(tf.reshape(values, tf.shape(index)), weights[:, None])
+    return tf.transpose(read_shared(pixel_major(maps, canvas), coords), [0, 2, 1])
 
 
 def sample_points_per_row(
@@ -92,19 +160,15 @@ def sample_points_per_row(
         maps: (B, N, H, W) float, or uint8 / bool masks.
         rows: (B, R) int32 indices into N (only the pixels read are touched: no gathered copies of maps).
         coords: (B, R, P, 2) float32 (x, y) in [0, 1].
-        canvas: optional (Hc, Wc) zero canvas the maps sit in.
+        canvas: optional (Hc, Wc) zero canvas the maps sit in (see `sample_shared_points`).
     Returns:
         (B, R, P) float32.
     """
-    batch, _, height, width = maps.shape
-    index, weights = _corners(coords, height, width, canvas)  # (B, R, P, 4)
-    index = index + rows[:, :, None, None] * (height * width)
-    values = _gather_pixels(maps, tf.reshape(index, [batch, -1]))
-    return _interpolate(tf.reshape(values, tf.shape(index)), weights)
+    return read_rows(map_major(maps, canvas), rows, coords)
 
 
 def importance_sample_points(
-    logits: tf.Tensor,
+    logits: tf.Tensor | Layout,
     rows: tf.Tensor,
     oversampled: tf.Tensor,
     random_draw: tf.Tensor,
@@ -124,7 +188,7 @@ def importance_sample_points(
         random subset of the remaining oversampled points.
 
     Args:
-        logits: (B, N, h, w) predicted mask logits (read without gradient).
+        logits: (B, N, h, w) predicted mask logits (read without gradient), or their `map_major` layout.
         rows: (B, R) int32, the map of each row.
         oversampled: (B, R, k*P, 2) uniform coordinates.
         random_draw: see above.
@@ -135,9 +199,11 @@ def importance_sample_points(
         (B, R, P, 2) float32 coordinates, no gradient.
     """
     num_random = num_points - num_uncertain
-    uncertainty = -tf.abs(sample_points_per_row(tf.stop_gradient(logits), rows, oversampled))  # (B, R, k*P)
+    layout = logits if isinstance(logits, Layout) else map_major(logits)
+    layout = layout._replace(data=tf.stop_gradient(layout.data))
+    uncertainty = -tf.abs(read_rows(layout, rows, oversampled))  # (B, R, k*P)
     if random_points == "fresh":
-        _, chosen = tf.math.top_k(uncertainty, k=num_uncertain)
+        _, chosen = tf.math.top_k(uncertainty, k=num_uncertain, sorted=False)  # the set, not its order
         extra = random_draw
     elif random_points == "oversampled":
         _, order = tf.math.top_k(uncertainty, k=uncertainty.shape[-1])  # most uncertain first

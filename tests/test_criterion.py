@@ -182,14 +182,16 @@ def test_zero_area_masks_give_no_nan():
 
 
 def test_traces_once_and_compiles_with_xla():
-    """One trace for different instance counts; jit_compile=True with the TF matcher gives the eager values.
+    """One trace for different instance counts; jit_compile=True with the TF matcher (static pairs) gives the
+    eager values.
 
     Two prediction sets keep the XLA compile short; points are passed because TF's stateless random
     numbers differ between XLA and the regular kernels.
     """
     criterion = make_criterion("tf")
+    static = SetCriterion(NUM_CLASSES, HungarianMatcher(backend="tf"), num_points=NUM_POINTS, dynamic_pairs=False)
     loss_fn = tf.function(lambda o, t, p: criterion(o, t, points=p))
-    xla_fn = tf.function(lambda o, t, p: criterion(o, t, points=p), jit_compile=True)
+    xla_fn = tf.function(lambda o, t, p: static(o, t, points=p), jit_compile=True)
     for counts in ([2, 5], [0, 8]):
         outputs, targets = make_problem(counts, seed=sum(counts))
         outputs["aux_outputs"] = outputs["aux_outputs"][:1]

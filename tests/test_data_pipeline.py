@@ -363,3 +363,24 @@ def test_test_dataset_program_errors_are_one_line_and_write_nothing(tmp_path, ca
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err, (extra, err)
         assert not out.exists()
+
+
+def test_bucketed_batches_hold_the_real_targets_in_few_slot_counts(tmp_path):
+    """bucket_instances: each batch's slots are the smallest of 1, 2, 4, 8 holding its targets, with the
+    same targets (and images) as the fixed data.max_instances batches, and no image padded to 8 on the way."""
+    from data.pipeline import instance_bucket, instance_buckets
+
+    assert instance_buckets(8) == [1, 2, 4, 8] and instance_buckets(6) == [1, 2, 4, 6]
+    assert [instance_bucket(n, 6) for n in (0, 1, 3, 5, 9)] == [1, 1, 4, 6, 6]
+    records = [make_example(*random_instances(n % 4 + 1, seed=n), [False] * (n % 4 + 1), source_id=n) for n in range(6)]
+    config = _small_config(_write_shards(tmp_path, records))
+    fixed = list(build_dataset(config, "train", batch_size=2, with_extras=True).take(6).as_numpy_iterator())
+    bucketed = build_dataset(config, "train", batch_size=2, with_extras=True, bucket_instances=True)
+    assert bucketed.element_spec["masks"].shape.as_list() == [2, None, 64, 64]
+    for a, b in zip(fixed, bucketed.take(6).as_numpy_iterator(), strict=True):
+        slots = b["valid"].shape[1]
+        assert slots == instance_bucket(int(a["valid"].sum(axis=1).max()), 8), (slots, a["valid"].sum(axis=1))
+        np.testing.assert_array_equal(a["image"], b["image"])
+        for key in ("masks", "labels", "valid", "boxes"):
+            np.testing.assert_array_equal(a[key][:, :slots], b[key], err_msg=key)
+            assert not a[key][:, slots:].any(), key

@@ -241,3 +241,25 @@ def test_run_folder_has_tensorboard_scalars_images_and_metrics(tmp_path):
     assert tags["predictions"] == [(2, "images")]
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2]
+
+
+def test_step_traces_once_per_instance_bucket():
+    """Batches padded to their bucket (1, 2 or 4 slots) with varying instance counts: at most 3 traces."""
+    from data.pipeline import instance_buckets, pad_to_bucket
+
+    config = _config()
+    model = build_model(config)
+    step_fn = _step_fn(config, model, 1, batch_size=2)
+    counts = [(1, 0), (2, 1), (0, 1), (4, 2), (1, 1), (3, 0), (2, 2), (4, 4)]
+    for i, (a, b) in enumerate(counts):
+        full = _batch(2, seed=i)
+        valid = np.zeros((2, 4), bool)
+        valid[0, :a], valid[1, :b] = True, True
+        real = max(a, b)
+        batch = {**full, "valid": tf.constant(valid)}
+        batch = {k: v[:, :real] if k in ("masks", "labels", "valid") else v for k, v in batch.items()}
+        batch = pad_to_bucket(batch, config.data.max_instances)
+        results = step_fn(batch)
+        assert np.isfinite(float(results["loss_total"]))
+    print(f"traces over {len(counts)} steps: {step_fn.tracing_count}")
+    assert step_fn.tracing_count <= len(instance_buckets(config.data.max_instances)) == 3

@@ -85,14 +85,22 @@ def distributed_train_dataset(config, strategy: tf.distribute.Strategy, start_st
 
     Every input pipeline reads its own share of the files; `start_step` optimizer steps of input are
     skipped before decoding, so a resumed run continues at the same data position (the pipeline is
-    deterministic given `data.seed`).
+    deterministic given `data.seed`). Target slots are bucketed per batch (see `build_dataset`) on one
+    machine; across workers and on TPU they stay data.max_instances, so that every worker runs the
+    same traced step (its collectives must match).
     """
+    bucket = not isinstance(strategy, (tf.distribute.MultiWorkerMirroredStrategy, tf.distribute.TPUStrategy))
 
     def dataset_fn(context: tf.distribute.InputContext):
         per_replica = context.get_per_replica_batch_size(config.train.batch_size)
         examples_per_step = config.train.batch_size // context.num_input_pipelines
         return build_dataset(
-            config, "train", batch_size=per_replica, input_context=context, skip_examples=start_step * examples_per_step
+            config,
+            "train",
+            batch_size=per_replica,
+            input_context=context,
+            skip_examples=start_step * examples_per_step,
+            bucket_instances=bucket,
         )
 
     return strategy.distribute_datasets_from_function(dataset_fn)

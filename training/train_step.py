@@ -15,9 +15,11 @@ Exactness (gradient accumulation and replicas equal one step on the whole global
 The class cross-entropy denominator is global too (the official code divides by each replica's own
 weight sum), so that every split of the batch trains alike.
 
-The step is one `tf.function`, traced once: the micro-steps are a `tf.while_loop` whose carried
-tensors are the accumulation buffers, the micro-batch comes from reshaping the replica's batch to
-(k, b, ...), and nothing depends on Python values that change between steps.
+The step is one `tf.function`, traced once per target slot count M (the pipeline pads each batch's
+targets to one of a few buckets, see data/pipeline.py; local replicas of a step are padded to the
+largest of theirs here): the micro-steps are a `tf.while_loop` whose carried tensors are the
+accumulation buffers, the micro-batch comes from reshaping the replica's batch to (k, b, ...), and
+nothing else depends on Python values that change between steps.
 """
 
 from __future__ import annotations
@@ -89,7 +91,27 @@ class TrainStep:
         self._function = tf.function(self._train_step)
 
     def __call__(self, batch) -> dict[str, tf.Tensor]:
-        return self._function(batch)
+        return self._function(self._same_slots(batch))
+
+    def _same_slots(self, batch):
+        """Pads every local replica's targets to the largest slot count among them (one trace per step)."""
+        if self.strategy.num_replicas_in_sync == 1:
+            return batch
+        local = {key: self.strategy.experimental_local_results(value) for key, value in batch.items()}
+        slots = max(v.shape[1] for v in local["valid"])
+        if all(v.shape[1] == slots for v in local["valid"]):
+            return batch
+
+        def pad(key, value):
+            if key not in ("masks", "labels", "valid"):
+                return value
+            with tf.device(value.device):
+                return tf.pad(value, [[0, 0], [0, slots - value.shape[1]]] + [[0, 0]] * (value.shape.rank - 2))
+
+        padded = {key: [pad(key, v) for v in values] for key, values in local.items()}
+        return self.strategy.experimental_distribute_values_from_function(
+            lambda context: {key: values[context.replica_id_in_sync_group] for key, values in padded.items()}
+        )
 
     def gradients(self, batch):
         """(all-reduced gradients, loss dict) of one step without applying them, from the first replica."""

@@ -1,0 +1,219 @@
+"""The criterion alone (matching + losses, forward and backward) against transformers' Mask2FormerLoss.
+
+    python bench/bench_criterion.py                 # 2 x 512x512, 5 and 10 instances, 100 queries, 80 classes
+    python bench/bench_criterion.py --memory        # also the peak resident memory of each, fresh processes
+
+Same inputs for both: random predictions of 10 prediction sets (B, 100, 81) and (B, 100, 128, 128) and
+disc-shaped targets at the input resolution. Ours gets the targets as the training pipeline gives them
+(padded to the batch's bucket of real instances, uint8) and runs under `tf.function`; the reference
+gets the list of real masks (float32) and runs eagerly, as `Mask2FormerForUniversalSegmentation` calls
+it. Both compute the gradient with respect to all predictions. Interleaved ours / reference, medians
+after warm-up, 2 threads each, torch with OMP_WAIT_POLICY=PASSIVE (set before torch is imported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # before torch starts its threads
+THREADS = 2
+
+import numpy as np  # noqa: E402
+
+
+def set_threads():
+    import tensorflow as tf
+    import torch
+
+    tf.config.threading.set_intra_op_parallelism_threads(THREADS)
+    tf.config.threading.set_inter_op_parallelism_threads(THREADS)
+    torch.set_num_threads(THREADS)
+
+
+def bucket(count: int, max_instances: int) -> int:
+    """The pipeline's slot count for a batch whose largest image has `count` instances."""
+    from data.pipeline import instance_bucket
+
+    return instance_bucket(count, max_instances)
+
+
+def make_targets(rng, counts, size, max_instances=128):
+    """Disc masks: padded uint8 (B, M, H, W) + labels + valid for ours, lists of real ones for the reference."""
+    slots = bucket(max(counts), max_instances)
+    masks = np.zeros((len(counts), slots, size, size), np.uint8)
+    labels = np.zeros((len(counts), slots), np.int32)
+    valid = np.zeros((len(counts), slots), bool)
+    yy, xx = np.mgrid[:size, :size]
+    for b, count in enumerate(counts):
+        for m in range(count):
+            cy, cx, r = *rng.uniform(0, size, 2), rng.uniform(size / 20, size / 4)
+            masks[b, m] = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+            labels[b, m] = rng.integers(0, 80)
+            valid[b, m] = True
+    return {"masks": masks, "labels": labels, "valid": valid}
+
+
+def make_predictions(rng, batch, queries, size, sets, classes=80):
+    return [
+        {
+            "pred_logits": rng.normal(size=(batch, queries, classes + 1)).astype(np.float32),
+            "pred_masks": (3 * rng.normal(size=(batch, queries, size // 4, size // 4))).astype(np.float32),
+        }
+        for _ in range(sets)
+    ]
+
+
+def ours_fn(predictions, targets, num_points):
+    """A callable running our criterion's forward + backward once (returns the total loss)."""
+    import tensorflow as tf
+
+    from config import Mask2FormerConfig
+    from losses import build_criterion
+
+    config = Mask2FormerConfig()
+    config.loss.num_points = num_points
+    criterion = build_criterion(config)
+    variables = [tf.Variable(p[k]) for p in predictions for k in ("pred_logits", "pred_masks")]
+    targets = {k: tf.constant(v) for k, v in targets.items()}
+
+    @tf.function
+    def step(seed):
+        with tf.GradientTape() as tape:
+            sets = [
+                {"pred_logits": variables[2 * i], "pred_masks": variables[2 * i + 1]} for i in range(len(predictions))
+            ]
+            outputs = dict(sets[-1], aux_outputs=sets[:-1])
+            total = criterion(outputs, targets, seed=seed)["loss_total"]
+        grads = tape.gradient(total, variables)
+        return total, tf.add_n([tf.reduce_sum(g) for g in grads])
+
+    counter = iter(range(10**9))
+    return lambda: float(step(tf.constant([next(counter), 0]))[0])
+
+
+def reference_fn(predictions, targets, num_points):
+    import torch
+    from transformers import Mask2FormerConfig as HFConfig
+    from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss
+
+    hf_config = HFConfig(num_labels=80, train_num_points=num_points, backbone_config=None)
+    loss = Mask2FormerLoss(hf_config, {"loss_cross_entropy": 2.0, "loss_mask": 5.0, "loss_dice": 5.0})
+    tensors = [{k: torch.from_numpy(p[k]).requires_grad_() for k in ("pred_logits", "pred_masks")} for p in predictions]
+    valid = targets["valid"]
+    mask_labels = [torch.from_numpy(m[v].astype(np.float32)) for m, v in zip(targets["masks"], valid, strict=True)]
+    class_labels = [torch.from_numpy(lab[v].astype(np.int64)) for lab, v in zip(targets["labels"], valid, strict=True)]
+
+    def run():
+        final = tensors[-1]
+        aux = [
+            {"masks_queries_logits": t["pred_masks"], "class_queries_logits": t["pred_logits"]} for t in tensors[:-1]
+        ]
+        losses = loss(final["pred_masks"], final["pred_logits"], mask_labels, class_labels, auxiliary_predictions=aux)
+        total = sum(
+            w * v
+            for k, v in losses.items()
+            for name, w in (("loss_cross_entropy", 2.0), ("loss_mask", 5.0), ("loss_dice", 5.0))
+            if k.startswith(name)
+        )
+        for t in tensors:
+            for x in t.values():
+                x.grad = None
+        total.backward()
+        return float(total)
+
+    return run
+
+
+def build(args, which):
+    rng = np.random.default_rng(args.seed)
+    counts = [int(c) for c in args.instances.split(",")]
+    targets = make_targets(rng, counts, args.size, args.max_instances)
+    predictions = make_predictions(rng, len(counts), args.queries, args.size, args.sets)
+    maker = ours_fn if which == "ours" else reference_fn
+    return maker(predictions, targets, args.num_points)
+
+
+def measure_memory(args, which):
+    """Peak resident memory (GB) of a fresh process running `which` warm-up + repeats times."""
+    argv = [sys.executable, __file__, "--child", which] + [
+        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("child", "memory")
+    ]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["max_rss_gb"]
+
+
+def child(args):
+    set_threads()
+    run = build(args, args.child)
+    for _ in range(args.warmup + args.repeats):
+        run()
+    print(json.dumps({"max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+
+
+def interleaved(runs: dict, warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Calls each of `runs` in turn (A B A B ...); returns the times after `warmup` rounds."""
+    times = {name: [] for name in runs}
+    for i in range(warmup + repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            seconds = time.perf_counter() - start
+            print(f"  round {i} {'(warm-up) ' if i < warmup else ''}{name}: {seconds:.2f} s", flush=True)
+            if i >= warmup:
+                times[name].append(seconds)
+    return times
+
+
+def machine() -> str:
+    load = os.getloadavg()[0]
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, load {load:.1f}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=512, help="input side; predicted masks are a quarter")
+    parser.add_argument("--instances", default="5,10", help="instances per image, comma separated")
+    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--sets", type=int, default=10)
+    parser.add_argument("--num-points", type=int, default=12544)
+    parser.add_argument("--max-instances", type=int, default=128, help="data.max_instances (caps the bucket)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--memory", action="store_true", help="also peak memory of each in a fresh process")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+
+    set_threads()
+    runs = {"ours": build(args, "ours"), "reference": build(args, "reference")}
+    times = interleaved(runs, args.warmup, args.repeats)
+    ours, ref = (statistics.median(times[k]) for k in ("ours", "reference"))
+    print(f"machine: {machine()}; {THREADS} threads each, torch OMP_WAIT_POLICY=PASSIVE")
+    print(
+        f"criterion forward + backward: {len(args.instances.split(','))} x {args.size}x{args.size}, instances "
+        f"{args.instances}, {args.queries} queries, {args.sets} sets, {args.num_points} points; "
+        f"medians of {args.repeats} after {args.warmup} warm-up, interleaved"
+    )
+    print(f"  ours       {ours:8.3f} s")
+    print(f"  reference  {ref:8.3f} s   (transformers Mask2FormerLoss)")
+    print(f"  reference / ours = {ref / ours:.2f}x")
+    if args.memory:
+        mem = {k: measure_memory(args, k) for k in ("ours", "reference")}
+        print(f"  peak resident memory: ours {mem['ours']:.2f} GB, reference {mem['reference']:.2f} GB")
+
+
+if __name__ == "__main__":
+    main()
