@@ -134,10 +134,16 @@ def _load_keras_model(path: str, config):
         ) from None
     if not isinstance(network, model_package.Mask2Former):
         raise ModelLoadError(f"{path} holds a {type(network).__name__}, not a Mask2Former model")
+    from model.checkpoint import model_architecture
+
+    # Plain fields from the saved constructor arguments; the backbone (a serialised object there) and
+    # the other shape-given fields from the network's own tensors.
     saved = network.get_config()
-    for field in dataclasses.fields(ModelConfig):
-        if field.name in saved:
-            config.set(f"model.{field.name}", saved[field.name])
+    names = {field.name for field in dataclasses.fields(ModelConfig)}
+    fields = {k: v for k, v in saved.items() if k in names and not isinstance(v, dict)}
+    fields.update(model_architecture(network))
+    for name, value in fields.items():
+        config.set(f"model.{name}", value)
     config.validate()
     return network
 
