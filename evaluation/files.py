@@ -21,7 +21,9 @@ def read_json(path: str, what: str):
             return json.load(f)
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} file {path} does not exist; check the path") from None
-    except json.JSONDecodeError as e:
+    except IsADirectoryError:
+        raise ValueError(f"{what} file {path} is a folder; pass the JSON file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{what} file {path} is not valid JSON ({e}); regenerate it") from None
 
 

@@ -8,21 +8,14 @@ annotation (its id) with the fix.
 
 from __future__ import annotations
 
-import json
 import numbers
+
+from evaluation.files import read_json
 
 
 def check_ground_truth(path: str) -> None:
     """Raises FileNotFoundError / ValueError (one sentence naming `path` and the annotation) on bad ground truth."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"ground-truth file {path} does not exist; check the path") from None
-    except IsADirectoryError:
-        raise ValueError(f"ground-truth file {path} is a folder; pass the COCO JSON file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"ground-truth file {path} is not valid JSON ({e}); regenerate it") from None
+    data = read_json(path, "ground-truth")
 
     def bad(what: str) -> ValueError:
         return ValueError(f"ground truth {path}: {what}; fix or remove it")
