@@ -34,10 +34,10 @@ SPLITS = {"train": 400, "val": 100}
 
 
 def make_data(config: Mask2FormerConfig) -> None:
+    """Synthetic images + COCO annotations, then TFRecords (skipped when already there)."""
     import convert_coco_to_tfrecord
     from data.synthetic import SyntheticSpec, write_dataset
 
-    """Synthetic images + COCO annotations, then TFRecords (skipped when already there)."""
     if os.path.exists(config.data.categories_file):
         print(f"[1/5] data: reusing {DATA_DIR}")
         return
