@@ -574,7 +574,7 @@ def convert(options: ConversionOptions, log=None) -> ConversionStats:
         stats.images_per_split[split] = 0
     finished = False
     progress = None
-    if options.progress:
+    if options.progress and sys.stdout.isatty():  # a bar on a terminal; a log gets only the summary line
         import keras
 
         progress = keras.utils.Progbar(len(tasks), unit_name="image")

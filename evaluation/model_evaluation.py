@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -150,7 +151,7 @@ def evaluate_model(
     postprocess = PostProcessor.from_config(config, isthing=eval_set.categories.isthing, task=task)
     evaluator = task_evaluator(task, eval_set)
     bar = None
-    if progress:
+    if progress and sys.stdout.isatty():  # a bar on a terminal; a log gets only the metrics
         import keras
 
         bar = keras.utils.Progbar(eval_set.num_images, unit_name="image")

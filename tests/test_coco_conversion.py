@@ -220,12 +220,14 @@ def test_strict_makes_bad_input_an_error(tmp_path, capsys):
     assert "run without --strict" in capsys.readouterr().err
 
 
-def test_model_garden_flags_and_shard_names(tmp_path):
+def test_model_garden_flags_and_shard_names(tmp_path, capsys):
     images, annotation_file, _ = _bad_input_dataset(tmp_path)
     argv = ["--image_dir", str(images), "--object_annotations_file", str(annotation_file)]
     argv += ["--output_file_prefix", str(tmp_path / "mg" / "train"), "--num_shards=8", "--include_masks"]
     argv += ["--noinclude_panoptic_masks", "--num_workers=1"]
     assert convert_coco_to_tfrecord.main(argv) == 0
+    printed = capsys.readouterr().out  # not a terminal: plain lines, no progress bar's escape codes
+    assert "\x1b" not in printed and "\r" not in printed and "wrote " in printed
     names = sorted(os.listdir(tmp_path / "mg"))
     assert names == ["categories.json"] + [f"train-{i:05d}-of-00008.tfrecord" for i in range(8)]
     args = convert_coco_to_tfrecord.parse_args(argv[:6] + ["--include_masks=false"])
