@@ -405,11 +405,8 @@ def ade20k_panoptic() -> Mask2FormerConfig:
 
 
 def _cityscapes(task: str, num_classes: int) -> Mask2FormerConfig:
-    """Official Cityscapes recipe: 512 x 1024 crops, test shortest edge 1024 (longest 2048), 90k poly.
-
-    The official training jitter picks the shortest edge in 0.5..2.0 x 1024, the crop's width; the
-    "ade20k" augmentation scales by the crop height (512), so training jitter here is half as large.
-    """
+    """Official Cityscapes recipe: 512 x 1024 crops, shortest edge jittered in 0.5..2.0 x 1024 (longest
+    at most 4096), test shortest edge 1024 (longest 2048), 90k poly."""
     config = _shortest_edge_recipe(Mask2FormerConfig(), "cityscapes", (512, 1024), (1024, 2048), 90000)
     config.model.num_classes, config.inference.task = num_classes, task
     return config

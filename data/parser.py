@@ -3,8 +3,10 @@
 Training (`TrainParser`), one of two official recipes:
   - "lsj" (COCO): horizontal flip, resize so the image fits `image_size` scaled by U(0.1, 2.0), random
     crop / pad to exactly `image_size` (image padded with 128, labels with nothing = ignore);
-  - "ade20k": horizontal flip, shortest edge chosen from {0.5, 0.6, ..., 2.0} x crop height (max side
-    4 x crop height), random crop to `image_size`, SSD-style photometric jitter, padding as above.
+  - "ade20k" (ADE20K and Cityscapes): horizontal flip, shortest edge chosen from {0.5, 0.6, ..., 2.0} x
+    the crop's longer side (max side 4 x that; the official configs' 512 / 640 for ADE20K, 1024 for
+    Cityscapes' 512 x 1024 crops), random crop to `image_size`, SSD-style photometric jitter, padding
+    as above.
 Crowd regions are left out of the targets. Output: the static training contract
 
     image float32 (H, W, 3) 0..255, masks uint8 (M, H, W), labels int32 (M,), valid bool (M,)
@@ -176,10 +178,11 @@ class TrainParser:
             # FixedSizeCrop draws one uniform number for both axes.
             offset = tf.cast(tf.round(tf.cast(scaled - crop, tf.float32) * _random_uniform(seeds[2])), tf.int32)
         else:  # detectron2 ResizeShortestEdge(choice) + RandomCrop("absolute")
-            choices = tf.constant([int(x * 0.1 * self.image_size[0]) for x in range(5, 21)], tf.float32)
+            base = max(self.image_size)  # official MIN_SIZE_TRAIN [int(x * 0.1 * base)], MAX_SIZE_TRAIN 4 x base
+            choices = tf.constant([int(x * 0.1 * base) for x in range(5, 21)], tf.float32)
             short = tf.gather(choices, tf.random.stateless_uniform([], seeds[1], 0, len(choices), dtype=tf.int32))
             factor = short / tf.reduce_min(size)
-            factor = tf.minimum(factor, 4.0 * self.image_size[0] / tf.reduce_max(size))
+            factor = tf.minimum(factor, 4.0 * base / tf.reduce_max(size))
             scaled = tf.maximum(tf.cast(tf.floor(size * factor + 0.5), tf.int32), 1)
             crop = tf.minimum(scaled, self.image_size)
             offset = tf.random.stateless_uniform([2], seeds[2], 0, tf.int32.max, dtype=tf.int32) % (scaled - crop + 1)

@@ -247,6 +247,21 @@ def test_ade20k_recipe_shapes_and_present_classes():
         np.testing.assert_array_equal(covered, np.ones((32, 32)))  # every pixel: one class or ignore
 
 
+def test_shortest_edge_jitter_uses_the_official_sizes_of_the_crops_longer_side():
+    """Official ADE20K / Cityscapes: MIN_SIZE_TRAIN [int(x * 0.1 * S) for x in 5..20], MAX_SIZE_TRAIN 4 S,
+    with S the crop's longer side (Cityscapes: 512 x 1024 crops, S = 1024)."""
+    parser = TrainParser(image_size=(16, 32), max_instances=3, augmentation="ade20k")
+    shortest = set()
+    for step in range(200):
+        seeds = tf.unstack(tf.random.experimental.stateless_split(tf.constant([5, step], tf.int64), 4))
+        scaled, _, crop = parser._sample_window(tf.constant([100, 200]), seeds)
+        shortest.add(int(scaled.numpy().min()))
+        assert crop.numpy().tolist() == [16, 32]
+    assert shortest == {int(x * 0.1 * 32) for x in range(5, 21)}  # 16 .. 64; every long side 2 x <= 4 x 32
+    tall = [parser._sample_window(tf.constant([1000, 100]), [tf.constant([s, 0], tf.int64)] * 4)[0] for s in range(20)]
+    assert max(int(t.numpy().max()) for t in tall) <= 4 * 32  # the longest side's limit
+
+
 def test_eval_parser_resizes_and_pads_with_the_pixel_mean():
     image = np.full((30, 50, 3), 200, np.uint8)
     mean = (123.675, 116.28, 103.53)
