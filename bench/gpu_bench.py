@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
 import statistics
 import sys
-import tempfile
 import time
 
 sys.modules["tensorflow"] = None  # any import of TensorFlow now fails: the script must not need it
@@ -46,8 +44,7 @@ def main() -> None:
 
     from inference.predictor import CompiledModel
     from model import build_model
-    from model.checkpoint import load_detectron2_checkpoint
-    from tools.hf_reference import build_reference, hf_to_detectron2, keras_config, normalize
+    from tools.hf_reference import build_reference, keras_config, load_reference_weights, normalize
 
     assert keras.backend.backend() == "jax"
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -55,12 +52,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     image = rng.uniform(0, 255, (1, height, width, 3)).astype(np.float32)
     hf = build_reference(name, seed=0, calibration_images=image[:, :256, :256])
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model_final.pkl")
-        with open(path, "wb") as f:
-            pickle.dump({"model": hf_to_detectron2(hf.state_dict())}, f)
-        network = build_model(keras_config(name))
-        load_detectron2_checkpoint(network, path)
+    network = build_model(keras_config(name))
+    load_reference_weights(network, hf, name)
     hf = hf.to(device)
     ours = CompiledModel(network, "xla")
 

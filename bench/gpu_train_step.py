@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
 import statistics
 import sys
-import tempfile
 import time
 
 sys.modules["tensorflow"] = None  # any import of TensorFlow now fails: the script must not need it
@@ -60,8 +58,7 @@ def main() -> None:
     import torch
 
     from model import build_model
-    from model.checkpoint import load_detectron2_checkpoint
-    from tools.hf_reference import SIZES, build_reference, hf_to_detectron2, keras_config, normalize
+    from tools.hf_reference import SIZES, build_reference, keras_config, load_reference_weights, normalize
 
     assert keras.backend.backend() == "torch"
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -72,12 +69,8 @@ def main() -> None:
     masks, labels = disc_targets(rng, counts, args.size, SIZES[name]["num_labels"])
 
     hf = build_reference(name, seed=0)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model_final.pkl")
-        with open(path, "wb") as f:
-            pickle.dump({"model": hf_to_detectron2(hf.state_dict())}, f)
-        network = build_model(keras_config(name))
-        load_detectron2_checkpoint(network, path)
+    network = build_model(keras_config(name))
+    load_reference_weights(network, hf, name)
     hf = hf.to(device).train()
     for module in hf.modules():  # frozen batch norm, as ours (detectron2's FrozenBatchNorm2d)
         if isinstance(module, torch.nn.BatchNorm2d):

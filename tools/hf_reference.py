@@ -216,33 +216,39 @@ def attention_mask_flips(reference: dict, ours: dict) -> list[int]:
     return flips
 
 
+def load_reference_weights(model, hf, size: str, seed: int = 0) -> None:
+    """Loads the reference's weights into our built `model` the way a user loads an official checkpoint:
+    written as a detectron2 pickle (the released layout), read by our public loader."""
+    import pickle
+    import tempfile
+
+    from model.checkpoint import load_detectron2_checkpoint
+
+    state = hf_to_detectron2(hf.state_dict())
+    tokens = keras_config(size).model.swin_window_size ** 2
+    for name in [n for n in state if n.endswith(".attn.relative_position_bias_table")]:
+        # The official file also holds the fixed index buffer; noise here must not be loaded.
+        index_name = name.replace("relative_position_bias_table", "relative_position_index")
+        state[index_name] = np.random.default_rng(seed).integers(0, len(state[name]), (tokens, tokens))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/model_final.pkl"
+        with open(path, "wb") as f:
+            pickle.dump({"model": state}, f)
+        load_detectron2_checkpoint(model, path)
+
+
 def compare(size: str = "r50", dtype: str = "float32", seed: int = 0, image_shape=(2, 160, 224)):
     """Builds the reference and our model with the same weights (through a detectron2 pickle and
     our public loader) and runs both on the same random image batch.
 
     Returns (rows, flips): rows = [(output name, shape, max abs difference, max abs reference value)].
     """
-    import pickle
-    import tempfile
-
     from model import build_model
-    from model.checkpoint import load_detectron2_checkpoint
 
     images = np.random.default_rng(seed).uniform(0, 255, (*image_shape, 3)).astype(np.float32)
     hf = build_reference(size, seed=seed, calibration_images=images, dtype=dtype)
-    m = keras_config(size).model
     model = build_model(keras_config(size), dtype=dtype)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = f"{tmp}/model_final.pkl"
-        state = hf_to_detectron2(hf.state_dict())
-        for name in [n for n in state if n.endswith(".attn.relative_position_bias_table")]:
-            # The official file also holds the fixed index buffer; noise here must not be loaded.
-            index_name = name.replace("relative_position_bias_table", "relative_position_index")
-            tokens = m.swin_window_size**2
-            state[index_name] = np.random.default_rng(seed).integers(0, len(state[name]), (tokens, tokens))
-        with open(path, "wb") as f:
-            pickle.dump({"model": state}, f)
-        load_detectron2_checkpoint(model, path)
+    load_reference_weights(model, hf, size, seed=seed)
     reference, ours = run_reference(hf, images), run_ours(model, images)
     rows = [
         (
