@@ -72,8 +72,9 @@ class CompiledModel:
 
     Args:
         model: a built Keras `Mask2Former` (or anything with its call contract).
-        mode: "xla" (TensorFlow `jit_compile=True`; `jax.jit` on JAX), "function" (TensorFlow graph
-            without XLA), or "eager". On the torch backend every mode runs eagerly.
+        mode: "xla" (TensorFlow `jit_compile=True`; `jax.jit` on JAX), "function" (one TensorFlow graph
+            without XLA for every shape, the graph of the exported SavedModel), or "eager". On the
+            torch backend every mode runs eagerly.
 
     Call: `images` (B, H, W, 3) float32 RGB 0..255 -> {"pred_logits" (B, Q, K+1), "pred_masks"
     (B, Q, Hp/4, Wp/4)} as NumPy arrays.
@@ -88,6 +89,7 @@ class CompiledModel:
         self.mode = mode
         self.compile_seconds: dict[tuple, float] = {}
         self._functions: dict[tuple, object] = {}
+        self._any_shape = None  # mode "function" on TensorFlow: one graph for every shape
 
     def __call__(self, images, training=False) -> dict:
         images = np.asarray(images, np.float32)
@@ -124,7 +126,15 @@ class CompiledModel:
         if backend == "tensorflow":
             import tensorflow as tf
 
-            return tf.function(predict, jit_compile=self.mode == "xla", autograph=False)
+            if self.mode == "xla":
+                return tf.function(predict, jit_compile=True, autograph=False)
+            if self._any_shape is None:
+                # One graph for any batch, height and width: the graph the exported SavedModel runs
+                # (inference/export.py). A graph traced at one fixed shape lets grappler's constant
+                # folding reorder float arithmetic, ~1e-6 from this one, which flips mask pixels.
+                spec = tf.TensorSpec([None, None, None, 3], tf.float32)
+                self._any_shape = tf.function(predict, input_signature=[spec], autograph=False)
+            return self._any_shape
         if backend == "jax":
             import jax
 

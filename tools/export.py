@@ -49,9 +49,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("give MODEL (a .keras file) or --weights with the config it belongs to")
     if args.precision == "float16" and args.format != "litert":
         parser.error("--precision float16 is for --format litert (float16 weights)")
+    if args.format == "onnx" and args.dynamic:
+        # tf2onnx converts free height and width, but onnxruntime then fails in the decoder's
+        # cross-attention (a Reshape whose batch axis tf2onnx's graph loses)
+        parser.error(
+            "--dynamic is not supported for --format onnx (onnxruntime fails on free height and width); "
+            "export one model per input size with --size HxW, e.g. --size 800x1216"
+        )
     if args.format in ("litert", "onnx") and args.size is None:
-        # ONNX with free height and width converts, but onnxruntime then fails in the decoder's
-        # cross-attention (a Reshape loses the batch axis in tf2onnx's graph), so it is refused.
         parser.error(f"--format {args.format} needs a fixed --size HxW, e.g. --size 800x1216")
     return args
 
