@@ -356,3 +356,20 @@ def test_compiled_model_equals_the_model_and_compiles_once_per_shape(tiny_model_
         for key in ("pred_logits", "pred_masks"):
             np.testing.assert_allclose(got[key], keras.ops.convert_to_numpy(expected[key]), atol=1e-4, rtol=1e-4)
     assert sorted(runner.compile_seconds) == [(1, 64, 96, 3), (1, 96, 64, 3), (2, 64, 96, 3)]
+
+
+def test_following_the_architecture_hint_loads_the_checkpoint(image_folder, tmp_path, capsys):
+    """Weights of another architecture: the one-line error's `--set ...`, followed as printed (plus the
+    heads x points product it names), runs to the end instead of leading to another error."""
+    images = ["--images", str(image_folder), "--output", str(tmp_path / "out")]
+    assert cli.run(test_program.main, ["--weights", GOLDEN_PKL, *images]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.splitlines() == [line] and "; pass --set " in line, line
+    hint = line.split("; pass --set ", 1)[1].removesuffix(" model.num_heads / model.deformable_points to match")
+    assert "model.num_classes=5" in hint and "model.num_queries=7" in hint, hint
+    with contextlib.redirect_stdout(io.StringIO()):
+        sizes = ["data.min_size_test=64", "data.max_size_test=128"]
+        argv = ["--weights", GOLDEN_PKL, "--set", *hint.split(), "model.num_heads=4", *sizes, *images]
+        assert cli.run(test_program.main, argv) == 0
+    assert capsys.readouterr().err == ""
+    assert len(list((tmp_path / "out").glob("*.json"))) == 4
