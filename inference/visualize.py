@@ -91,7 +91,8 @@ def draw_instances(image: np.ndarray, result: InstanceResult, class_names, score
     """Instances scoring >= `score_threshold`: coloured masks, outlines, "class 93%" tags."""
     canvas = image.copy()
     chosen = np.nonzero(result.scores >= score_threshold)[0]
-    chosen = chosen[np.argsort(-result.masks[chosen].sum((1, 2)), kind="stable")]  # large first, small on top
+    areas = np.array([np.count_nonzero(result.masks[i]) for i in chosen], np.int64)  # no copy of the masks
+    chosen = chosen[np.argsort(-areas, kind="stable")]  # large first, small on top
     colours = palette(len(chosen))
     _, thickness = text_style(image.shape)
     for colour, i in zip(colours, chosen, strict=True):

@@ -211,3 +211,23 @@ def test_keras_files_and_folders_given_as_detectron2_checkpoints_say_what_they_a
         read_detectron2_checkpoint(str(tmp_path / "model.keras"))
     with pytest.raises(CheckpointError, match="is a folder, not a file"):
         read_detectron2_checkpoint(str(tmp_path))
+
+
+def test_converter_command_line_on_a_keras_file_or_folder_is_one_line_and_writes_nothing(tmp_path, capsys):
+    """tools/convert_detectron2_checkpoint.py given what is not a detectron2 checkpoint: exit 2, one line
+    naming the file and what to do, no output file."""
+    import cli
+    from tools.convert_detectron2_checkpoint import main
+
+    (tmp_path / "model.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
+    (tmp_path / "folder").mkdir()
+    cases = [
+        (tmp_path / "model.weights.h5", "model.weights.h5 is a Keras weights file"),
+        (tmp_path / "folder", "is a folder, not a file"),
+        (tmp_path / "missing.pkl", "missing.pkl does not exist"),
+    ]
+    for source, message in cases:
+        assert cli.run(main, [str(source), str(tmp_path / "out.keras")]) == 2, source
+        err = capsys.readouterr().err.strip()
+        assert err.splitlines() == [err] and err.startswith("error: ") and message in err, err
+        assert "download it again" not in err and not (tmp_path / "out.keras").exists()

@@ -276,3 +276,29 @@ def test_categories_of_the_records_must_match_the_model(dataset, tmp_path):
     with pytest.raises(ValueError, match="lists 5 categories but the model predicts 4"):
         coco_json_eval_set(config, str(root / "instances.json"), str(root / "images"), "instance")
     assert Categories.load(str(root / "both" / "categories.json")).num_classes == 5
+
+
+def test_a_truncated_image_is_evaluated_with_one_warning_naming_it(dataset, tmp_path, capsys):
+    """test_map.py on a folder with a truncated JPEG: one `warning:` line naming the file, the metrics
+    still written, exit 0 (the grey part is evaluated as read, as test.py draws it)."""
+    import shutil
+
+    import cli
+
+    root, _ = dataset
+    images = tmp_path / "images"
+    shutil.copytree(root / "images", images)
+    Image.open(images / "im2.png").convert("RGB").save(images / "im2.jpg", quality=95)
+    whole = (images / "im2.jpg").read_bytes()
+    (images / "im2.jpg").write_bytes(whole[: len(whole) // 2])
+    gt = json.loads((root / "instances.json").read_text())
+    gt["images"][2]["file_name"] = "im2.jpg"
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    config_file = tmp_path / "tiny.json"
+    small_config("instance").save(str(config_file))
+    output = tmp_path / "metrics.json"
+    argv = ["--weights", GOLDEN_PKL, "--config", str(config_file), "--gt", str(tmp_path / "gt.json")]
+    assert cli.run(test_map.main, [*argv, "--images", str(images), "--output", str(output)]) == 0
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and err.startswith(f"warning: {images / 'im2.jpg'} is truncated"), err
+    assert set(json.loads(output.read_text())) == {"segm", "bbox"}

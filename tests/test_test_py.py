@@ -356,3 +356,55 @@ def test_compiled_model_equals_the_model_and_compiles_once_per_shape(tiny_model_
         for key in ("pred_logits", "pred_masks"):
             np.testing.assert_allclose(got[key], keras.ops.convert_to_numpy(expected[key]), atol=1e-4, rtol=1e-4)
     assert sorted(runner.compile_seconds) == [(1, 64, 96, 3), (1, 96, 64, 3), (2, 64, 96, 3)]
+
+
+def test_following_the_architecture_hint_loads_the_checkpoint(image_folder, tmp_path, capsys):
+    """Weights of another architecture: the one-line error's `--set ...`, followed as printed (plus the
+    heads x points product it names), runs to the end instead of leading to another error."""
+    images = ["--images", str(image_folder), "--output", str(tmp_path / "out")]
+    assert cli.run(test_program.main, ["--weights", GOLDEN_PKL, *images]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.splitlines() == [line] and "; pass --set " in line, line
+    hint = line.split("; pass --set ", 1)[1].removesuffix(" model.num_heads / model.deformable_points to match")
+    assert "model.num_classes=5" in hint and "model.num_queries=7" in hint, hint
+    with contextlib.redirect_stdout(io.StringIO()):
+        sizes = ["data.min_size_test=64", "data.max_size_test=128"]
+        argv = ["--weights", GOLDEN_PKL, "--set", *hint.split(), "model.num_heads=4", *sizes, *images]
+        assert cli.run(test_program.main, argv) == 0
+    assert capsys.readouterr().err == ""
+    assert len(list((tmp_path / "out").glob("*.json"))) == 4
+
+
+def test_result_json_encoded_a_few_masks_at_a_time_equals_the_masks_themselves():
+    """result_to_json boxes and encodes `chunk` masks at a time: any chunk gives the same JSON, and each
+    entry decodes to its mask with that mask's box and area (instance, panoptic, semantic)."""
+    from inference.postprocess import InstanceResult, PanopticResult, SemanticResult
+    from inference.results_json import result_to_json
+
+    rng = np.random.default_rng(3)
+    height, width, n = 30, 40, 11
+    masks = rng.random((n, height, width)) < rng.random((n, 1, 1)) * 0.3
+    masks[4] = False  # an empty mask is never written
+    scores = rng.random(n).astype(np.float32)
+    labels = rng.integers(0, 5, n)
+    instance = InstanceResult(masks, scores, labels, np.arange(n), np.zeros((n, 4), np.float32))
+    segment_ids = rng.integers(0, 7, (height, width)).astype(np.int32)
+    segments = [{"id": k, "category": k % 5, "isthing": k % 2 == 0, "score": 0.5} for k in range(1, 7)]
+    results = [instance, PanopticResult(segment_ids, segments), SemanticResult(segment_ids % 5)]
+    ids, names = [10, 11, 12, 13, 14], ["a", "b", "c", "d", "e"]
+    for result in results:
+        whole = result_to_json(result, "x.jpg", ids, names, 0.3, chunk=1000)
+        assert whole["instances"], type(result).__name__
+        for chunk in (1, 3):
+            assert result_to_json(result, "x.jpg", ids, names, 0.3, chunk=chunk) == whole
+        for entry in whole["instances"]:
+            mask = mask_utils.decode({**entry["segmentation"], "counts": entry["segmentation"]["counts"].encode()})
+            ys, xs = np.nonzero(mask)
+            assert entry["area"] == len(ys) > 0
+            assert entry["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+    kept = [k for k in range(n) if scores[k] >= 0.3 and masks[k].any()]
+    written = result_to_json(instance, "x.jpg", ids, names, 0.3, chunk=3)["instances"]
+    assert [e["category_id"] for e in written] == [ids[labels[k]] for k in kept]
+    for entry, k in zip(written, kept, strict=True):
+        decoded = mask_utils.decode({**entry["segmentation"], "counts": entry["segmentation"]["counts"].encode()})
+        np.testing.assert_array_equal(decoded.astype(bool), masks[k])

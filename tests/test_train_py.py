@@ -129,8 +129,12 @@ def test_no_resume_refuses_a_folder_with_checkpoints(tmp_path, capsys):
     tf.train.CheckpointManager(tf.train.Checkpoint(step=step), str(tmp_path / "run" / "checkpoints"), 1).save()
     config = training_config("unused-*.tfrecord", str(tmp_path / "run"))
     config.save(str(tmp_path / "c.json"))
+    before = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
     assert cli.run(train_script.main, ["--config", str(tmp_path / "c.json"), "--no-resume"]) == 2
-    assert "already holds checkpoints" in capsys.readouterr().err
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"{tmp_path / 'run'} already holds checkpoints" in line, line
+    assert sorted(os.listdir(tmp_path / "run")) == ["checkpoints"]  # no config.json written
+    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == before
 
 
 def _fake_run_folder(tmp_path, **overrides):
@@ -226,7 +230,7 @@ def test_empty_shards_are_one_line_naming_the_pattern(tmp_path, capsys):
     assert cli.run(train_script.main, ["--config", str(tmp_path / "c.json")]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert f"data.train_files {pattern} yields no training examples" in line, line
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert sorted(os.listdir(tmp_path / "run")) == []  # no config.json, metrics, checkpoints or summaries
 
 
 class _Clock:

@@ -93,6 +93,17 @@ def train(
         return _train(config, resume, allow_config_change, criterion, stop)
 
 
+def _next_batch(iterator, config):
+    """The next training batch; empty shards are a ValueError naming data.train_files."""
+    try:
+        return next(iterator)
+    except (StopIteration, tf.errors.OutOfRangeError):
+        raise ValueError(
+            f"data.train_files {config.data.train_files} yields no training examples (empty shards?); "
+            "check the converter's summary and the pattern"
+        ) from None
+
+
 def _train(config, resume, allow_config_change, criterion, stop: StopRequests) -> TrainResult:
     config.validate()
     t = config.train
@@ -147,6 +158,9 @@ def _train(config, resume, allow_config_change, criterion, stop: StopRequests) -
     init_summary = f"resumed from {last_checkpoint} at step {start_step}" if last_checkpoint else None
     if init_summary is None:
         init_summary = initialize_weights(model, t)
+    # the first batch before anything is written: empty shards leave the run folder as it was
+    iterator = iter(distributed_train_dataset(config, strategy, start_step))
+    first_batch = _next_batch(iterator, config) if start_step < t.max_steps else None
     if chief:
         config.save(os.path.join(t.output_dir, CONFIG_FILE))
 
@@ -183,16 +197,9 @@ def _train(config, resume, allow_config_change, criterion, stop: StopRequests) -
     )
 
     history, nonfinite_in_a_row, status = [], 0, "finished"
-    iterator = iter(distributed_train_dataset(config, strategy, start_step))
     current = saved_step = start_step
     while current < t.max_steps and stop.signal_name is None:
-        try:
-            batch = next(iterator)
-        except (StopIteration, tf.errors.OutOfRangeError):
-            raise ValueError(
-                f"data.train_files {config.data.train_files} yields no training examples (empty shards?); "
-                "check the converter's summary and the pattern"
-            ) from None
+        batch, first_batch = (first_batch, None) if first_batch is not None else (_next_batch(iterator, config), None)
         results = train_step(batch)
         current += 1
         scalars = reporter.step_done(current, results)
