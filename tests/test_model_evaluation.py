@@ -30,8 +30,9 @@ CATEGORIES = [
 ]
 IMAGE_SIZES = [(64, 80), (76, 64), (64, 100)]  # multiples of 4, not of 32: padding is cropped
 GOLDEN_PKL = "tests/golden/tiny_detectron2.pkl"
-# The real tiny model runs uncompiled where compiling is not the point: tracing it once per padded shape is
-# most of a run's time on a CPU (test_converted_keras_model_evaluates keeps the default mode).
+# The real tiny model runs uncompiled: tracing it once per padded shape is most of a run's time on a CPU.
+# Compiled modes are compared with the model in tests/test_test_py.py, which also runs test.py end to end
+# in the default mode (the same `compiled(model, config)` that evaluate_model calls).
 EAGER = "inference.compile=eager"
 
 
@@ -234,13 +235,12 @@ def test_real_tiny_model_runs_through_every_path(dataset, tmp_path, task, capsys
 
 
 def test_converted_keras_model_evaluates(dataset, tiny_model_files, tmp_path):
-    """The golden checkpoint converted by tools/convert_detectron2_checkpoint (the conftest fixture), in the
-    default compile mode."""
+    """The golden checkpoint converted by tools/convert_detectron2_checkpoint (the conftest fixture)."""
     root, _ = dataset
     output = tmp_path / "metrics.json"
     test_map.main(
         ["--model", str(tiny_model_files / "tiny.keras"), "--set", "data.min_size_test=64", "data.max_size_test=128",
-         "--tfrecords", str(root / "both" / "val-*.tfrecord"), "--output", str(output)]
+         EAGER, "--tfrecords", str(root / "both" / "val-*.tfrecord"), "--output", str(output)]
     )  # fmt: skip
     assert set(json.loads(output.read_text())) == {"segm", "bbox"}
 
