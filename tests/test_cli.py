@@ -166,3 +166,75 @@ def test_a_real_failure_after_running_tensorflow_is_exactly_one_line(tmp_path):
     assert done.stdout == "" and done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
     assert done.stderr.startswith(f"error: data.train_files {pattern} holds no usable records"), done.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_every_scripts_real_command_line_fails_in_exactly_one_line(tmp_path):
+    """The scripts whose other tests call main() in-process, each run as a user runs it (fresh processes, side
+    by side), with bad input found after TensorFlow was imported: no start-up lines, no traceback, one line
+    and the exit status. test.py, test_dataset.py, the converters and the exporter have their own."""
+    import tensorflow as tf
+
+    from data.categories import Categories
+    from tests.helpers import tiny_config
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    run = tmp_path / "run"  # a run folder with a checkpoint, refused by --no-resume
+    tf.train.CheckpointManager(tf.train.Checkpoint(step=tf.Variable(3, tf.int64)), str(run / "checkpoints"), 1).save()
+    config = tiny_config(num_classes=4)
+    config.train.output_dir, config.data.train_files = str(run), str(tmp_path / "train-*.tfrecord")
+    config.save(str(tmp_path / "config.json"))
+    Categories.from_coco([{"id": k, "name": f"c{k}"} for k in range(4)]).save(str(tmp_path / "categories.json"))
+    (tmp_path / "task" / "images").mkdir(parents=True)
+    model = ["--weights", str(tmp_path / "none.weights.h5"), "--config", str(tmp_path / "config.json")]
+    cases = {
+        "train.py": (
+            ["--config", str(tmp_path / "config.json"), "--no-resume"],
+            2,
+            "error: ",
+            "already holds checkpoints",
+        ),
+        "test_map.py": (
+            [*model, "--tfrecords", str(tmp_path / "val-*")],
+            2,
+            "error: ",
+            "none.weights.h5 does not exist",
+        ),
+        "prelabel.py": (
+            [*model, "--categories", str(tmp_path / "categories.json"), "--folder", str(tmp_path / "task")],
+            1,
+            "prelabel.py: ",
+            "none.weights.h5 does not exist",
+        ),
+        "convert_coco_to_tfrecord.py": (
+            [
+                "--image_dir",
+                str(tmp_path / "nope"),
+                "--object_annotations_file",
+                str(tmp_path / "config.json"),
+                "--output_file_prefix",
+                str(tmp_path / "out" / "train"),
+            ],
+            1,
+            "error: ",
+            f"--image_dir {tmp_path / 'nope'} does not exist",
+        ),  # fmt: skip
+    }
+    processes = {
+        script: subprocess.Popen(
+            [sys.executable, script, *argv],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for script, (argv, *_) in cases.items()
+    }
+    for script, (_, status, prefix, message) in cases.items():
+        out, err = processes[script].communicate(timeout=600)
+        assert processes[script].returncode == status, (script, err[-3000:])
+        lines = err.strip().splitlines()
+        assert lines[-1].startswith(prefix) and message in lines[-1] and "Traceback" not in err, (script, err[-3000:])
+        if script != "prelabel.py":  # prelabel.py imports TensorFlow itself, not by cli.import_tensorflow: its
+            assert len(lines) == 1, (script, err[-3000:])  # start-up lines still show (absl, CUDA probing)
+    assert not (tmp_path / "out").exists() and sorted(p.name for p in run.iterdir()) == ["checkpoints"]

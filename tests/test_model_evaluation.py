@@ -30,6 +30,10 @@ CATEGORIES = [
 ]
 IMAGE_SIZES = [(64, 80), (76, 64), (64, 100)]  # multiples of 4, not of 32: padding is cropped
 GOLDEN_PKL = "tests/golden/tiny_detectron2.pkl"
+# The real tiny model runs uncompiled: tracing it once per padded shape is most of a run's time on a CPU.
+# Compiled modes are compared with the model in tests/test_test_py.py, which also runs test.py end to end
+# in the default mode (the same `compiled(model, config)` that evaluate_model calls).
+EAGER = "inference.compile=eager"
 
 
 def scene(index, height, width):
@@ -217,7 +221,8 @@ def test_real_tiny_model_runs_through_every_path(dataset, tmp_path, task, capsys
         ["--tfrecords", str(root / "both" / "val-*.tfrecord")],
     ):
         output = tmp_path / "metrics.json"
-        test_map.main(["--weights", GOLDEN_PKL, "--config", str(config_file), *source, "--output", str(output)])
+        argv = ["--weights", GOLDEN_PKL, "--config", str(config_file), *source, "--output", str(output)]
+        test_map.main([*argv, "--set", EAGER])
         metrics = json.loads(output.read_text())
         if task == "instance":
             # COCOeval reports -1 for an area range without ground truth (no medium or large objects here)
@@ -229,16 +234,13 @@ def test_real_tiny_model_runs_through_every_path(dataset, tmp_path, task, capsys
     assert "wrote" in capsys.readouterr().out
 
 
-def test_converted_keras_model_evaluates(dataset, tmp_path):
-    from tools.convert_detectron2_checkpoint import convert as convert_checkpoint
-
+def test_converted_keras_model_evaluates(dataset, tiny_model_files, tmp_path):
+    """The golden checkpoint converted by tools/convert_detectron2_checkpoint (the conftest fixture)."""
     root, _ = dataset
-    model_file = tmp_path / "tiny.keras"
-    convert_checkpoint(GOLDEN_PKL, str(model_file), num_heads=4)
     output = tmp_path / "metrics.json"
     test_map.main(
-        ["--model", str(model_file), "--set", "data.min_size_test=64", "data.max_size_test=128",
-         "--tfrecords", str(root / "both" / "val-*.tfrecord"), "--output", str(output)]
+        ["--model", str(tiny_model_files / "tiny.keras"), "--set", "data.min_size_test=64", "data.max_size_test=128",
+         EAGER, "--tfrecords", str(root / "both" / "val-*.tfrecord"), "--output", str(output)]
     )  # fmt: skip
     assert set(json.loads(output.read_text())) == {"segm", "bbox"}
 

@@ -260,6 +260,7 @@ def test_real_model_outputs_are_cropped_and_resized_to_the_original_image():
 
     config = tiny_config()
     config.data.min_size_test, config.data.max_size_test = 50, 100
+    config.inference.compile = "eager"  # the model is traced per Predictor otherwise: three times, seconds each
     network = build_model(config)
     load_detectron2_checkpoint(network, "tests/golden/tiny_detectron2.pkl")
     image = np.random.default_rng(0).integers(0, 256, (45, 70, 3), np.uint8)
