@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-from config import ConfigError, add_config_arguments, config_from_args  # noqa: E402
+import cli
+from config import ConfigError, add_config_arguments, config_from_args
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Pre-label images for CVAT and labelme with a Mask2Former model.")
+    parser = cli.parser(__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="a saved .keras model")
     source.add_argument("--weights", help="weights for the configured model: detectron2 .pkl or Keras .weights.h5")
@@ -38,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--cvat-shape", choices=("polygon", "mask"), default="polygon", help="CVAT shape to write")
     parser.add_argument("--device", default=None, help="TensorFlow device, e.g. /GPU:0 or /CPU:0")
     add_config_arguments(parser)
-    return parser.parse_args(argv)
+    return cli.parse(parser, argv)
 
 
 def main(argv=None) -> int:
@@ -72,7 +70,7 @@ def main(argv=None) -> int:
         print(f"prelabel.py: {e}", file=sys.stderr)
         return 1
 
-    import tensorflow as tf
+    tf = cli.import_tensorflow()
 
     from inference.loading import load_model
     from inference.predictor import Predictor
@@ -98,4 +96,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

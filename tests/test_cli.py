@@ -235,6 +235,5 @@ def test_every_scripts_real_command_line_fails_in_exactly_one_line(tmp_path):
         assert processes[script].returncode == status, (script, err[-3000:])
         lines = err.strip().splitlines()
         assert lines[-1].startswith(prefix) and message in lines[-1] and "Traceback" not in err, (script, err[-3000:])
-        if script != "prelabel.py":  # prelabel.py imports TensorFlow itself, not by cli.import_tensorflow: its
-            assert len(lines) == 1, (script, err[-3000:])  # start-up lines still show (absl, CUDA probing)
+        assert len(lines) == 1, (script, err[-3000:])  # no TensorFlow start-up lines (absl, CUDA probing)
     assert not (tmp_path / "out").exists() and sorted(p.name for p in run.iterdir()) == ["checkpoints"]
