@@ -14,31 +14,13 @@ after warm-up, 2 threads each, torch with OMP_WAIT_POLICY=PASSIVE (set before to
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import resource
-import statistics
-import subprocess
 import sys
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # before torch starts its threads
-THREADS = 2
-
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
-
-
-def set_threads():
-    import tensorflow as tf
-    import torch
-
-    tf.config.threading.set_intra_op_parallelism_threads(THREADS)
-    tf.config.threading.set_inter_op_parallelism_threads(THREADS)
-    torch.set_num_threads(THREADS)
+from harness import add_common_arguments, run_main  # noqa: E402  (sets OMP_WAIT_POLICY before torch)
 
 
 def bucket(count: int, max_instances: int) -> int:
@@ -144,40 +126,11 @@ def build(args, which):
     return maker(predictions, targets, args.num_points)
 
 
-def measure_memory(args, which):
-    """Peak resident memory (GB) of a fresh process running `which` warm-up + repeats times."""
-    argv = [sys.executable, __file__, "--child", which] + [
-        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("child", "memory")
-    ]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["max_rss_gb"]
-
-
-def child(args):
-    set_threads()
-    run = build(args, args.child)
-    for _ in range(args.warmup + args.repeats):
-        run()
-    print(json.dumps({"max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
-
-
-def interleaved(runs: dict, warmup: int, repeats: int) -> dict[str, list[float]]:
-    """Calls each of `runs` in turn (A B A B ...); returns the times after `warmup` rounds."""
-    times = {name: [] for name in runs}
-    for i in range(warmup + repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            seconds = time.perf_counter() - start
-            print(f"  round {i} {'(warm-up) ' if i < warmup else ''}{name}: {seconds:.2f} s", flush=True)
-            if i >= warmup:
-                times[name].append(seconds)
-    return times
-
-
-def machine() -> str:
-    load = os.getloadavg()[0]
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, load {load:.1f}"
+def describe(args) -> str:
+    return (
+        f"criterion forward + backward: {len(args.instances.split(','))} x {args.size}x{args.size}, instances "
+        f"{args.instances}, {args.queries} queries, {args.sets} sets, {args.num_points} points"
+    )
 
 
 def main():
@@ -188,31 +141,8 @@ def main():
     parser.add_argument("--sets", type=int, default=10)
     parser.add_argument("--num-points", type=int, default=12544)
     parser.add_argument("--max-instances", type=int, default=128, help="data.max_instances (caps the bucket)")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--memory", action="store_true", help="also peak memory of each in a fresh process")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        return child(args)
-
-    set_threads()
-    runs = {"ours": build(args, "ours"), "reference": build(args, "reference")}
-    times = interleaved(runs, args.warmup, args.repeats)
-    ours, ref = (statistics.median(times[k]) for k in ("ours", "reference"))
-    print(f"machine: {machine()}; {THREADS} threads each, torch OMP_WAIT_POLICY=PASSIVE")
-    print(
-        f"criterion forward + backward: {len(args.instances.split(','))} x {args.size}x{args.size}, instances "
-        f"{args.instances}, {args.queries} queries, {args.sets} sets, {args.num_points} points; "
-        f"medians of {args.repeats} after {args.warmup} warm-up, interleaved"
-    )
-    print(f"  ours       {ours:8.3f} s")
-    print(f"  reference  {ref:8.3f} s   (transformers Mask2FormerLoss)")
-    print(f"  reference / ours = {ref / ours:.2f}x")
-    if args.memory:
-        mem = {k: measure_memory(args, k) for k in ("ours", "reference")}
-        print(f"  peak resident memory: ours {mem['ours']:.2f} GB, reference {mem['reference']:.2f} GB")
+    add_common_arguments(parser, warmup=2, repeats=7)
+    run_main(__file__, parser, build, describe)
 
 
 if __name__ == "__main__":

@@ -14,21 +14,14 @@ each, torch with OMP_WAIT_POLICY=PASSIVE (set before torch is imported).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
-import statistics
-import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # before torch starts its threads
-
 import numpy as np  # noqa: E402
-from bench_criterion import THREADS, interleaved, machine, make_targets, set_threads  # noqa: E402
+from bench_criterion import make_targets  # noqa: E402
+from harness import add_common_arguments, run_main  # noqa: E402  (sets OMP_WAIT_POLICY before torch)
 
 
 def make_batch(args):
@@ -102,20 +95,11 @@ def build(args, which):
     return (ours_fn if which == "ours" else reference_fn)(images, targets)
 
 
-def child(args):
-    set_threads()
-    run = build(args, args.child)
-    for _ in range(args.warmup + 1):
-        run()
-    print(json.dumps({"max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
-
-
-def measure_memory(args, which):
-    argv = [sys.executable, __file__, "--child", which] + [
-        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("child", "memory")
-    ]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["max_rss_gb"]
+def describe(args) -> str:
+    return (
+        f"training step (forward, matching, loss, backward, AdamW): {len(args.instances.split(','))} x "
+        f"{args.size}x{args.size}, instances {args.instances}, R50, 80 classes, 100 queries"
+    )
 
 
 def main():
@@ -123,31 +107,8 @@ def main():
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--instances", default="5,10", help="instances per image, comma separated")
     parser.add_argument("--max-instances", type=int, default=128, help="data.max_instances (caps the bucket)")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--memory", action="store_true", help="also peak memory of each in a fresh process")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        return child(args)
-
-    set_threads()
-    runs = {"ours": build(args, "ours"), "reference": build(args, "reference")}
-    times = interleaved(runs, args.warmup, args.repeats)
-    ours, ref = (statistics.median(times[k]) for k in ("ours", "reference"))
-    print(f"machine: {machine()}; {THREADS} threads each, torch OMP_WAIT_POLICY=PASSIVE")
-    print(
-        f"training step (forward, matching, loss, backward, AdamW): {len(args.instances.split(','))} x "
-        f"{args.size}x{args.size}, instances {args.instances}, R50, 80 classes, 100 queries; medians of "
-        f"{args.repeats} after {args.warmup} warm-up, interleaved"
-    )
-    print(f"  ours       {ours:8.2f} s   {[round(t, 2) for t in times['ours']]}")
-    print(f"  reference  {ref:8.2f} s   {[round(t, 2) for t in times['reference']]}")
-    print(f"  reference / ours = {ref / ours:.2f}x")
-    if args.memory:
-        mem = {k: measure_memory(args, k) for k in ("ours", "reference")}
-        print(f"  peak resident memory: ours {mem['ours']:.2f} GB, reference {mem['reference']:.2f} GB")
+    add_common_arguments(parser, warmup=1, repeats=3)
+    run_main(__file__, parser, build, describe)
 
 
 if __name__ == "__main__":

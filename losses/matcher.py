@@ -27,24 +27,21 @@ NONFINITE_COST = 1e8
 
 
 # ------------------------------------------------------------------------------------------ costs
-def pairwise_sigmoid_ce(pred: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
-    """Mean over points of BCE-with-logits for every pair: (B, P, Q), (B, P, M) -> (B, Q, M).
+def pairwise_costs(pred: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Mean BCE-with-logits and dice of sigmoid(pred) for every pair: (B, P, Q), (B, P, M) -> 2 x (B, Q, M).
 
-    As the official matcher: two matmuls over the shared points (points-major operands, as sampled)."""
+    The official matcher's BCE is two matmuls (softplus(-x) against t, softplus(x) against 1 - t);
+    as softplus(-x) = softplus(x) - x it is sum_p softplus(x) - x^T t, and x^T t and sigmoid(x)^T t
+    (dice) are one matmul."""
     num_points = tf.cast(tf.shape(pred)[1], pred.dtype)
-    pos = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.ones_like(pred), logits=pred)
-    neg = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.zeros_like(pred), logits=pred)
-    return tf.matmul(pos / num_points, target, transpose_a=True) + tf.matmul(
-        neg / num_points, 1.0 - target, transpose_a=True
-    )
-
-
-def pairwise_dice(pred: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
-    """Dice loss of sigmoid(pred) for every pair: (B, P, Q), (B, P, M) -> (B, Q, M)."""
+    num_queries = pred.shape[2]
     prob = tf.sigmoid(pred)
-    numerator = 2.0 * tf.matmul(prob, target, transpose_a=True)
+    products = tf.matmul(tf.concat([pred, prob], axis=2), target, transpose_a=True)  # (B, 2Q, M)
+    negative = tf.reduce_sum(tf.nn.softplus(pred), axis=1)  # (B, Q)
+    sigmoid_ce = (negative[:, :, None] - products[:, :num_queries]) / num_points
     denominator = tf.reduce_sum(prob, 1)[:, :, None] + tf.reduce_sum(target, 1)[:, None, :]
-    return 1.0 - (numerator + 1.0) / (denominator + 1.0)
+    dice = 1.0 - (2.0 * products[:, num_queries:] + 1.0) / (denominator + 1.0)
+    return sigmoid_ce, dice
 
 
 # ------------------------------------------------------------------------------ assignment: scipy
@@ -258,11 +255,8 @@ class HungarianMatcher:
         pred_points = read_shared(pixel_major(pred_masks), coords)  # (B, P, Q)
         targets = masks if isinstance(masks, Layout) else pixel_major(masks, canvas)
         target_points = read_shared(targets, coords)  # (B, P, M)
-        return (
-            self.cost_mask * pairwise_sigmoid_ce(pred_points, target_points)
-            + self.cost_class * cost_class
-            + self.cost_dice * pairwise_dice(pred_points, target_points)
-        )
+        sigmoid_ce, dice = pairwise_costs(pred_points, target_points)
+        return self.cost_mask * sigmoid_ce + self.cost_class * cost_class + self.cost_dice * dice
 
     def assign(self, cost: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
         """Optimal matching of queries to valid targets.

@@ -1,11 +1,12 @@
-"""The pure-TF Hungarian algorithm reaches scipy's optimum on 1,010 random problems, under XLA."""
+"""The pure-TF Hungarian algorithm reaches scipy's optimum on 1,010 random problems, under XLA; the
+pairwise matching costs equal the official formulas in float64."""
 
 import numpy as np
 import pytest
 import scipy.optimize
 import tensorflow as tf
 
-from losses.matcher import HungarianMatcher, linear_sum_assignment_scipy, linear_sum_assignment_tf
+from losses.matcher import HungarianMatcher, linear_sum_assignment_scipy, linear_sum_assignment_tf, pairwise_costs
 
 SIZE = 100
 
@@ -85,3 +86,18 @@ def test_matcher_takes_non_finite_costs_last():
         np.testing.assert_array_equal(assignment, [[1, 0]])
     with pytest.raises(ValueError, match="backend"):
         HungarianMatcher(backend="lapjv")
+
+
+def test_pairwise_costs_equal_the_official_two_matmul_formulas():
+    """transformers' pair_wise_sigmoid_cross_entropy_loss and pair_wise_dice_loss, in float64 NumPy."""
+    rng = np.random.default_rng(1)
+    pred = (rng.normal(size=(2, 500, 7)) * 6).astype(np.float32)  # (B, P, Q) logits, some saturated
+    target = (rng.uniform(size=(2, 500, 3)) < 0.3).astype(np.float32)  # (B, P, M)
+    x, t = pred.astype(np.float64), target.astype(np.float64)
+    pos, neg = np.logaddexp(0, -x), np.logaddexp(0, x)  # BCE with target 1 and with target 0
+    sigmoid_ce = (np.einsum("bpq,bpm->bqm", pos, t) + np.einsum("bpq,bpm->bqm", neg, 1 - t)) / x.shape[1]
+    prob = 1 / (1 + np.exp(-x))
+    dice = 1 - (2 * np.einsum("bpq,bpm->bqm", prob, t) + 1) / (prob.sum(1)[:, :, None] + t.sum(1)[:, None] + 1)
+    ours_ce, ours_dice = pairwise_costs(tf.constant(pred), tf.constant(target))
+    np.testing.assert_allclose(ours_ce, sigmoid_ce, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ours_dice, dice, rtol=1e-5, atol=1e-6)

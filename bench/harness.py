@@ -1,0 +1,99 @@
+"""What every ours-against-the-reference benchmark shares: 2 threads each, torch with
+OMP_WAIT_POLICY=PASSIVE, interleaved A B A B rounds with medians, peak memory of a fresh process.
+
+    from harness import run_main                    # in bench/NAME.py, after `def build(args, which)`
+    run_main(__file__, parser, build, describe)     # parses, times ours / reference, prints ratios
+
+Importing this module sets OMP_WAIT_POLICY before torch is imported (import it first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ["OMP_WAIT_POLICY"] = (
+    "PASSIVE"  # before torch starts its threads (its spinning default halves its speed here)
+)
+THREADS = 2
+
+
+def set_threads():
+    """Both frameworks on THREADS intra- and inter-op threads."""
+    import tensorflow as tf
+    import torch
+
+    tf.config.threading.set_intra_op_parallelism_threads(THREADS)
+    tf.config.threading.set_inter_op_parallelism_threads(THREADS)
+    torch.set_num_threads(THREADS)
+
+
+def interleaved(runs: dict, warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Calls each of `runs` in turn (A B A B ...); returns the times after `warmup` rounds."""
+    times = {name: [] for name in runs}
+    for i in range(warmup + repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            seconds = time.perf_counter() - start
+            print(f"  round {i} {'(warm-up) ' if i < warmup else ''}{name}: {seconds:.2f} s", flush=True)
+            if i >= warmup:
+                times[name].append(seconds)
+    return times
+
+
+def machine() -> str:
+    """Processor, core count and the 1-minute load average (the machine is shared)."""
+    load = os.getloadavg()[0]
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, load {load:.1f}"
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, warmup: int, repeats: int):
+    """--warmup, --repeats, --seed, --memory and the hidden --child of a fresh memory process."""
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--memory", action="store_true", help="also peak memory of each in a fresh process")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+
+
+def measure_memory(script: str, args, which: str) -> float:
+    """Peak resident memory (GB) of a fresh process of `script` running `which` warm-up + 1 times."""
+    argv = [sys.executable, script, "--child", which] + [
+        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("child", "memory")
+    ]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["max_rss_gb"]
+
+
+def run_main(script: str, parser: argparse.ArgumentParser, build, describe: str):
+    """Parses args; times `build(args, "ours")()` against `build(args, "reference")()` interleaved
+    (or, with --child, runs one of them in this process and prints its peak memory)."""
+    args = parser.parse_args()
+    set_threads()
+    if args.child:
+        run = build(args, args.child)
+        for _ in range(args.warmup + 1):
+            run()
+        print(json.dumps({"max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+        return
+    runs = {"ours": build(args, "ours"), "reference": build(args, "reference")}
+    times = interleaved(runs, args.warmup, args.repeats)
+    ours, ref = (statistics.median(times[k]) for k in ("ours", "reference"))
+    print(f"machine: {machine()}; {THREADS} threads each, torch OMP_WAIT_POLICY=PASSIVE")
+    print(f"{describe(args)}; medians of {args.repeats} after {args.warmup} warm-up, interleaved")
+    print(f"  ours       {ours:8.3f} s   {[round(t, 2) for t in times['ours']]}")
+    print(f"  reference  {ref:8.3f} s   {[round(t, 2) for t in times['reference']]}")
+    print(f"  reference / ours = {ref / ours:.2f}x", flush=True)
+    if args.memory:
+        mem = {k: measure_memory(script, args, k) for k in ("ours", "reference")}
+        print(f"  peak resident memory: ours {mem['ours']:.2f} GB, reference {mem['reference']:.2f} GB")
+        print(f"  machine after: {machine()}")
