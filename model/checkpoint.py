@@ -227,7 +227,8 @@ def read_detectron2_checkpoint(path: str) -> dict[str, np.ndarray]:
         raise CheckpointError(f"checkpoint {path} is a folder, not a file; pass the .pkl file inside it")
     if not os.path.isfile(path):
         raise CheckpointError(
-            f"checkpoint {path} does not exist; check the path or fetch it with model.checkpoint.download"
+            f"checkpoint {path} does not exist; check the path, or pass a model-zoo name instead (it is downloaded "
+            "once; `python tools/convert_detectron2_checkpoint.py --list` lists them)"
         )
     with open(path, "rb") as f:
         data = f.read()

@@ -89,7 +89,7 @@ def test_imagenet_backbone_names_get_the_backbone_prefix(tmp_path):
 
 
 def test_unreadable_files_get_one_clear_sentence(tmp_path):
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(CheckpointError, match="does not exist; check the path, or pass a model-zoo name"):
         read_detectron2_checkpoint(str(tmp_path / "missing.pkl"))
     truncated = tmp_path / "truncated.pkl"
     truncated.write_bytes(GOLDEN_PKL.read_bytes()[:1000])
