@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -169,7 +168,9 @@ def child(args) -> None:
             run, _ = ours_runner(build_ours(args.modes, None), size, args.modes)
         run(path)
         run(path)
-    print(f"MAXRSS_MB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
+    from harness import peak_resident_gb
+
+    print(f"MAXRSS_MB {peak_resident_gb() * 1024:.0f}")
 
 
 def peak_memory(side: str, size: str, mode: str, threads: int) -> float:

@@ -26,6 +26,20 @@ os.environ["OMP_WAIT_POLICY"] = (
 THREADS = 2
 
 
+def peak_resident_gb() -> float:
+    """This process's peak resident memory in GB. Linux: VmHWM of /proc/self/status, which starts anew at
+    exec; `ru_maxrss` does not (it keeps the parent's peak at fork), so a child of a large parent would
+    report at least the parent's size."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # elsewhere: KiB (macOS: bytes)
+
+
 def set_threads():
     """Both frameworks on THREADS intra- and inter-op threads."""
     import tensorflow as tf
@@ -83,7 +97,7 @@ def run_main(script: str, parser: argparse.ArgumentParser, build, describe: str)
         run = build(args, args.child)
         for _ in range(args.warmup + 1):
             run()
-        print(json.dumps({"max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+        print(json.dumps({"max_rss_gb": peak_resident_gb()}))
         return
     runs = {"ours": build(args, "ours"), "reference": build(args, "reference")}
     times = interleaved(runs, args.warmup, args.repeats)

@@ -4,7 +4,7 @@
 
 Writes a 4000 x 3000 JPEG and the R50 COCO-instance model's random weights (`.weights.h5`) to a
 temporary folder, runs `python test.py --weights ... --images photo.jpg` in a fresh process and prints
-that process's peak resident memory (ru_maxrss), e.g.
+that process's peak resident memory (VmHWM), e.g.
 
     test.py on a 4000x3000 photo, R50 80 classes 100 queries (instance): peak RSS 2.41 GB, 95.2 s
 
@@ -26,9 +26,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Runs test.py's main in this process and reports the process's own peak RSS (Linux: KiB).
 WRAPPER = (
-    "import resource, sys; sys.path.insert(0, {root!r}); import cli, test\n"
+    "import sys; sys.path[:0] = [{root!r}, {root!r} + '/bench']; import cli, test\n"
     "status = cli.run(test.main, {argv!r})\n"
-    "print('peak_rss_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, 'status', status)\n"
+    "from harness import peak_resident_gb\n"
+    "print('peak_rss_kib', round(peak_resident_gb() * 2**20), 'status', status)\n"
 )
 
 
