@@ -22,6 +22,8 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import logging
 import os
 import sys
@@ -93,13 +95,37 @@ def quiet_tensorflow(verbose: bool = False) -> None:
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
+def reuse_freed_memory() -> bool:
+    """Makes glibc's malloc keep freed memory for reuse instead of handing every large block back to the kernel.
+
+    By default glibc serves large allocations (above a threshold that starts at 128 KiB and never exceeds
+    32 MiB) with a fresh `mmap` and unmaps them when freed, so every large tensor of every call (the deformable attention's gathers are 66 MB at 512x512)
+    is faulted in and zero-filled page by page again: about a quarter of an R50 forward on a CPU
+    (bench/NOTES.md). Raising the mmap and trim thresholds lets freed blocks be reused; resident memory
+    then stays at its peak instead of shrinking between calls. Affects the whole process (TensorFlow,
+    NumPy, OpenCV, torch). Returns False, changing nothing, where the C library is not glibc.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    largest = 2**31 - 1  # mallopt takes an int
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, largest)) and bool(mallopt(m_trim_threshold, largest))
+
+
 def import_tensorflow():
     """Imports TensorFlow with its start-up lines silenced (unless `--verbose`) and returns it.
+
+    Also sets malloc to reuse freed memory (`reuse_freed_memory`), as every script wants on a CPU.
 
     `TF_CPP_MIN_LOG_LEVEL` does not reach the lines absl prints before TensorFlow configures its logging
     ("All log messages before absl::InitializeLog()", "Could not find cuda drivers"), so stderr is pointed
     at /dev/null while the import runs. Scripts call this before anything that imports TensorFlow or Keras.
     """
+    reuse_freed_memory()
     if "tensorflow" in sys.modules or _VERBOSE:
         import tensorflow
 

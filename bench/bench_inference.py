@@ -16,7 +16,8 @@ Prints medians after one warm-up call, ratios (reference / ours), each mode's fi
 (trace + compile + run) separately, the forward's FLOPs (counted on the reference with
 `torch.utils.flop_counter.FlopCounterMode`: convolutions and matmuls, 2 per multiply-add), this
 machine's float32 matmul rate (2048^3, TensorFlow and torch, same run) and the fraction of it our
-time implies. Both frameworks use `--threads` threads, torch with OMP_WAIT_POLICY=PASSIVE.
+time implies. Both frameworks use `--threads` threads, torch with OMP_WAIT_POLICY=PASSIVE, and malloc keeps
+freed memory for reuse (`cli.reuse_freed_memory`, as test.py sets it; one process, so both sides).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import cli  # noqa: E402
+
+cli.reuse_freed_memory()  # as test.py sets it (cli.import_tensorflow); both sides share the process
 
 import numpy as np  # noqa: E402
 

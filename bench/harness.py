@@ -4,7 +4,9 @@ OMP_WAIT_POLICY=PASSIVE, interleaved A B A B rounds with medians, peak memory of
     from harness import run_main                    # in bench/NAME.py, after `def build(args, which)`
     run_main(__file__, parser, build, describe)     # parses, times ours / reference, prints ratios
 
-Importing this module sets OMP_WAIT_POLICY before torch is imported (import it first).
+Importing this module sets OMP_WAIT_POLICY before torch is imported (import it first), and malloc's
+reuse of freed memory as every script sets it (`cli.reuse_freed_memory`; it applies to the whole
+process, so to both sides alike).
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ os.environ["OMP_WAIT_POLICY"] = (
     "PASSIVE"  # before torch starts its threads (its spinning default halves its speed here)
 )
 THREADS = 2
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cli  # noqa: E402
+
+cli.reuse_freed_memory()
 
 
 def peak_resident_gb() -> float:
