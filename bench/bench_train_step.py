@@ -20,7 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
-from bench_criterion import make_targets  # noqa: E402
+from bench_criterion import make_targets, reference_targets  # noqa: E402
 from harness import add_common_arguments, run_main  # noqa: E402  (sets OMP_WAIT_POLICY before torch)
 
 
@@ -63,14 +63,9 @@ def ours_fn(images, targets):
 
 
 def reference_fn(images, targets):
-    import torch
-
     from tools.hf_reference import build_reference, reference_train_step
 
-    valid = targets["valid"]
-    mask_labels = [torch.from_numpy(m[v].astype(np.float32)) for m, v in zip(targets["masks"], valid, strict=True)]
-    class_labels = [torch.from_numpy(lab[v].astype(np.int64)) for lab, v in zip(targets["labels"], valid, strict=True)]
-    return reference_train_step(build_reference("r50", seed=0), images, mask_labels, class_labels)
+    return reference_train_step(build_reference("r50", seed=0), images, *reference_targets(targets))
 
 
 def build(args, which):
