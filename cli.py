@@ -29,6 +29,21 @@ import os
 import sys
 import textwrap
 
+# Every user-facing script (each built on this module), as run from the repository root; tests/test_cli.py
+# checks each one's --help and flags, bench/help_time.py times its --help.
+SCRIPTS = (
+    "train.py",
+    "test.py",
+    "test_map.py",
+    "test_dataset.py",
+    "prelabel.py",
+    "quickstart.py",
+    "convert_coco_to_tfrecord.py",
+    "tools/convert_detectron2_checkpoint.py",
+    "tools/export.py",
+    "tools/make_synthetic_dataset.py",
+)
+
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM
 

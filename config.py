@@ -23,6 +23,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from jsonfile import read_json, write_json
+
 
 class ConfigError(ValueError):
     """A configuration value is wrong; the message names the field and the fix."""
@@ -297,10 +299,7 @@ class Mask2FormerConfig:
 
     def save(self, path: str) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
-        os.replace(tmp, path)
+        write_json(path, self.to_dict(), indent=2)
 
     @classmethod
     def load(cls, path: str) -> Mask2FormerConfig:
@@ -626,14 +625,4 @@ def _as_text(value: Any) -> str:
 
 
 def _read_json(path: str) -> dict[str, Any]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist; check the path") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a folder; pass the JSON file (e.g. RUN/config.json)") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid JSON ({e}); fix or regenerate it") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {path} is not a text file; pass a JSON config") from None
+    return read_json(path, "config", "fix or regenerate it", ConfigError)

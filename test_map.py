@@ -72,8 +72,8 @@ def main(argv=None) -> dict:
             check_ground_truth(args.gt)
         except (FileNotFoundError, ValueError) as e:
             sys.exit(f"error: {e}")
-    from evaluation.files import read_json
     from evaluation.tables import coco_table, panoptic_table, semantic_table
+    from jsonfile import read_json
 
     if args.predictions:
         if not args.gt:

@@ -84,30 +84,48 @@ def ours_fn(predictions, targets, num_points):
     return lambda: float(step(tf.constant([next(counter), 0]))[0])
 
 
-def reference_fn(predictions, targets, num_points):
+LOSS_WEIGHTS = {"loss_cross_entropy": 2.0, "loss_mask": 5.0, "loss_dice": 5.0}
+
+
+def reference_targets(targets):
+    """The real targets of `make_targets` as the reference takes them: per image (N, H, W) float32 masks
+    and (N,) int64 labels (torch)."""
+    import torch
+
+    valid = targets["valid"]
+    masks = [torch.from_numpy(m[v].astype(np.float32)) for m, v in zip(targets["masks"], valid, strict=True)]
+    labels = [torch.from_numpy(lab[v].astype(np.int64)) for lab, v in zip(targets["labels"], valid, strict=True)]
+    return masks, labels
+
+
+def reference_criterion(predictions, targets, num_points):
+    """transformers' `Mask2FormerLoss` with our loss weights on `predictions` (as torch leaves that need
+    gradients) and the real targets: returns (loss, tensors, mask_labels, class_labels, total), `total()`
+    the weighted sum over all prediction sets as `Mask2FormerForUniversalSegmentation` computes it."""
     import torch
     from transformers import Mask2FormerConfig as HFConfig
     from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss
 
-    hf_config = HFConfig(num_labels=80, train_num_points=num_points, backbone_config=None)
-    loss = Mask2FormerLoss(hf_config, {"loss_cross_entropy": 2.0, "loss_mask": 5.0, "loss_dice": 5.0})
+    loss = Mask2FormerLoss(HFConfig(num_labels=80, train_num_points=num_points, backbone_config=None), LOSS_WEIGHTS)
     tensors = [{k: torch.from_numpy(p[k]).requires_grad_() for k in ("pred_logits", "pred_masks")} for p in predictions]
-    valid = targets["valid"]
-    mask_labels = [torch.from_numpy(m[v].astype(np.float32)) for m, v in zip(targets["masks"], valid, strict=True)]
-    class_labels = [torch.from_numpy(lab[v].astype(np.int64)) for lab, v in zip(targets["labels"], valid, strict=True)]
+    mask_labels, class_labels = reference_targets(targets)
 
-    def run():
+    def total():
         final = tensors[-1]
         aux = [
             {"masks_queries_logits": t["pred_masks"], "class_queries_logits": t["pred_logits"]} for t in tensors[:-1]
         ]
         losses = loss(final["pred_masks"], final["pred_logits"], mask_labels, class_labels, auxiliary_predictions=aux)
-        total = sum(
-            w * v
-            for k, v in losses.items()
-            for name, w in (("loss_cross_entropy", 2.0), ("loss_mask", 5.0), ("loss_dice", 5.0))
-            if k.startswith(name)
-        )
+        return sum(LOSS_WEIGHTS[k.rstrip("_0123456789")] * v for k, v in losses.items())
+
+    return loss, tensors, mask_labels, class_labels, total
+
+
+def reference_fn(predictions, targets, num_points):
+    _, tensors, _, _, total_loss = reference_criterion(predictions, targets, num_points)
+
+    def run():
+        total = total_loss()
         for t in tensors:
             for x in t.values():
                 x.grad = None

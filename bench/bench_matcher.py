@@ -14,53 +14,27 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from bench_criterion import make_predictions, make_targets  # noqa: E402
+from harness import median_seconds  # noqa: E402
 
 from config import Mask2FormerConfig  # noqa: E402
 from losses import build_criterion  # noqa: E402
 
 
 def make_inputs(args, rng):
-    mask_size = args.image // 4
-    sets = [
-        {
-            "pred_logits": tf.constant(rng.normal(size=(args.batch, args.queries, 81)), tf.float32),
-            "pred_masks": tf.constant(
-                3 * rng.normal(size=(args.batch, args.queries, mask_size, mask_size)), tf.float32
-            ),
-        }
-        for _ in range(args.sets)
-    ]
-    yy, xx = np.mgrid[: args.image, : args.image]
-    masks = np.zeros((args.batch, args.targets, args.image, args.image), np.uint8)
-    for b in range(args.batch):
-        for m in range(args.targets):
-            cy, cx, r = rng.uniform(0, args.image, 2).tolist() + [rng.uniform(10, args.image / 4)]
-            masks[b, m] = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
-    targets = {
-        "masks": tf.constant(masks),
-        "labels": tf.constant(rng.integers(0, 80, size=(args.batch, args.targets)), tf.int32),
-        "valid": tf.ones([args.batch, args.targets], tf.bool),
-    }
-    return dict(sets[0], aux_outputs=sets[1:]), targets
-
-
-def median_seconds(fn, repeats):
-    fn()  # trace / compile
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """The criterion's inputs as bench_criterion.py makes them: every image with `args.targets` discs (no padding)."""
+    sets = make_predictions(rng, args.batch, args.queries, args.image, args.sets)
+    sets = [{k: tf.constant(v) for k, v in p.items()} for p in sets]
+    targets = make_targets(rng, [args.targets] * args.batch, args.image, max_instances=args.targets)
+    return dict(sets[0], aux_outputs=sets[1:]), {k: tf.constant(v) for k, v in targets.items()}
 
 
 def main():

@@ -20,7 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
-from bench_criterion import make_targets  # noqa: E402
+from bench_criterion import make_targets, reference_targets  # noqa: E402
 from harness import add_common_arguments, run_main  # noqa: E402  (sets OMP_WAIT_POLICY before torch)
 
 
@@ -63,31 +63,9 @@ def ours_fn(images, targets):
 
 
 def reference_fn(images, targets):
-    import torch
+    from tools.hf_reference import build_reference, reference_train_step
 
-    from tools.hf_reference import build_reference, normalize
-
-    hf = build_reference("r50", seed=0)
-    hf.train()
-    for module in hf.modules():  # frozen batch norm, as ours (detectron2's FrozenBatchNorm2d)
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.eval()
-            module.requires_grad_(False)
-    optimizer = torch.optim.AdamW([p for p in hf.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.05)
-    pixels = normalize(images).float()
-    valid = targets["valid"]
-    mask_labels = [torch.from_numpy(m[v].astype(np.float32)) for m, v in zip(targets["masks"], valid, strict=True)]
-    class_labels = [torch.from_numpy(lab[v].astype(np.int64)) for lab, v in zip(targets["labels"], valid, strict=True)]
-
-    def run():
-        optimizer.zero_grad()
-        loss = hf(pixel_values=pixels, mask_labels=mask_labels, class_labels=class_labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(hf.parameters(), 0.01)
-        optimizer.step()
-        return float(loss.detach())
-
-    return run
+    return reference_train_step(build_reference("r50", seed=0), images, *reference_targets(targets))
 
 
 def build(args, which):

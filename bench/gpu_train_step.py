@@ -58,7 +58,7 @@ def main() -> None:
     import torch
 
     from model import build_model
-    from tools.hf_reference import SIZES, build_reference, keras_config, load_reference_weights, normalize
+    from tools.hf_reference import SIZES, build_reference, keras_config, load_reference_weights, reference_train_step
 
     assert keras.backend.backend() == "torch"
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -71,30 +71,16 @@ def main() -> None:
     hf = build_reference(name, seed=0)
     network = build_model(keras_config(name))
     load_reference_weights(network, hf, name)
-    hf = hf.to(device).train()
-    for module in hf.modules():  # frozen batch norm, as ours (detectron2's FrozenBatchNorm2d)
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.eval()
-            module.requires_grad_(False)
+    hf = hf.to(device)
     mask_labels = [torch.from_numpy(m).to(device) for m in masks]
     class_labels = [torch.from_numpy(c).to(device) for c in labels]
-    pixels = normalize(images).float().to(device)
+    reference_step = reference_train_step(hf, images, mask_labels, class_labels)  # also freezes its batch norm
     host_images = torch.from_numpy(images).to(device)
 
     def loss_of(final_masks, final_logits, aux):
         """The reference's weighted total: `Mask2FormerLoss` over the final and auxiliary predictions."""
         loss_dict = hf.get_loss_dict(final_masks, final_logits, mask_labels, class_labels, aux)
         return hf.get_loss(loss_dict)
-
-    reference_optimizer = torch.optim.AdamW([p for p in hf.parameters() if p.requires_grad], lr=1e-4)
-
-    def reference_step():
-        reference_optimizer.zero_grad()
-        loss = hf(pixel_values=pixels, mask_labels=mask_labels, class_labels=class_labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(hf.parameters(), 0.01)
-        reference_optimizer.step()
-        return float(loss.detach())
 
     variables = network.trainable_variables
     optimizer = keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.05, global_clipnorm=0.01)

@@ -70,6 +70,17 @@ def interleaved(runs: dict, warmup: int, repeats: int) -> dict[str, list[float]]
     return times
 
 
+def median_seconds(fn, repeats: int) -> float:
+    """Median wall time of `repeats` calls of `fn` after one warm-up call (tracing, compilation)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def machine() -> str:
     """Processor, core count and the 1-minute load average (the machine is shared)."""
     load = os.getloadavg()[0]

@@ -1,4 +1,4 @@
-"""Wall time of `python SCRIPT --help` for every script, against a bare interpreter start-up.
+"""Wall time of `python SCRIPT --help` for every script (`cli.SCRIPTS`), against a bare interpreter start-up.
 
     python bench/help_time.py [--rounds 7]
 
@@ -19,16 +19,9 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = [
-    "train.py",
-    "test.py",
-    "test_map.py",
-    "test_dataset.py",
-    "convert_coco_to_tfrecord.py",
-    "quickstart.py",
-    "tools/convert_detectron2_checkpoint.py",
-    "tools/make_synthetic_dataset.py",
-]
+sys.path.insert(0, ROOT)
+from cli import SCRIPTS  # noqa: E402  (the standard library only)
+
 BARE = "bare python"
 
 

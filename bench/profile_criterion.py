@@ -12,27 +12,15 @@ forward + backward. Inputs as in `bench_criterion.py`.
 from __future__ import annotations
 
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
-from bench_criterion import make_predictions, make_targets  # noqa: E402
-from harness import machine, set_threads  # noqa: E402  (sets OMP_WAIT_POLICY before torch)
+from bench_criterion import make_predictions, make_targets, reference_criterion  # noqa: E402
+from harness import machine, median_seconds, set_threads  # noqa: E402  (sets OMP_WAIT_POLICY before torch)
 
 SETS, POINTS = 10, 12544
-
-
-def median_time(fn, repeats=3) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def profile_ours(predictions, targets) -> dict[str, float]:
@@ -106,22 +94,14 @@ def profile_ours(predictions, targets) -> dict[str, float]:
         "whole criterion: forward": lambda: loss()["loss_total"],
         "whole criterion: forward + backward": forward_backward,
     }
-    return {name: median_time(tf.function(fn)) for name, fn in stages.items()}
+    return {name: median_seconds(tf.function(fn), 3) for name, fn in stages.items()}
 
 
 def profile_reference(predictions, targets) -> dict[str, float]:
     import torch
-    from transformers import Mask2FormerConfig as HFConfig
-    from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss, sample_point
+    from transformers.models.mask2former.modeling_mask2former import sample_point
 
-    loss = Mask2FormerLoss(
-        HFConfig(num_labels=80, train_num_points=POINTS, backbone_config=None),
-        {"loss_cross_entropy": 2.0, "loss_mask": 5.0, "loss_dice": 5.0},
-    )
-    tensors = [{k: torch.from_numpy(p[k]).requires_grad_() for k in ("pred_logits", "pred_masks")} for p in predictions]
-    valid = targets["valid"]
-    mask_labels = [torch.from_numpy(m[v].astype(np.float32)) for m, v in zip(targets["masks"], valid, strict=True)]
-    class_labels = [torch.from_numpy(lab[v].astype(np.int64)) for lab, v in zip(targets["labels"], valid, strict=True)]
+    loss, tensors, mask_labels, class_labels, total = reference_criterion(predictions, targets, POINTS)
     with torch.no_grad():
         indices = loss.matcher(tensors[0]["pred_masks"], tensors[0]["pred_logits"], mask_labels, class_labels)
         pairs = tensors[0]["pred_masks"][loss._get_predictions_permutation_indices(indices)][:, None]
@@ -133,14 +113,9 @@ def profile_reference(predictions, targets) -> dict[str, float]:
     coords = torch.rand(len(pairs), POINTS, 2)
 
     def whole(backward):
-        aux = [
-            {"masks_queries_logits": t["pred_masks"], "class_queries_logits": t["pred_logits"]} for t in tensors[:-1]
-        ]
-        losses = loss(tensors[-1]["pred_masks"], tensors[-1]["pred_logits"], mask_labels, class_labels, aux)
-        weights = {"loss_cross_entropy": 2.0, "loss_mask": 5.0, "loss_dice": 5.0}
-        total = sum(weights[k.rstrip("_0123456789")] * v for k, v in losses.items())
+        result = total()
         if backward:
-            total.backward()
+            result.backward()
 
     def no_grad(fn):
         def run():
@@ -172,7 +147,7 @@ def profile_reference(predictions, targets) -> dict[str, float]:
         "whole criterion: forward": lambda: whole(False),
         "whole criterion: forward + backward": lambda: whole(True),
     }
-    return {name: median_time(fn) for name, fn in stages.items()}
+    return {name: median_seconds(fn, 3) for name, fn in stages.items()}
 
 
 def main():

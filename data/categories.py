@@ -10,9 +10,9 @@ File format (`categories.json`):
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
+
+from jsonfile import read_json, write_json
 
 
 @dataclass(frozen=True)
@@ -60,20 +60,15 @@ class Categories:
         }
 
     def save(self, path: str) -> None:
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.to_json(), f, indent=1)
-        os.replace(tmp, path)
+        write_json(path, self.to_json(), indent=1)
 
     @classmethod
     def load(cls, path: str) -> Categories:
+        written_by = "it is written beside the shards by convert_coco_to_tfrecord.py"
         try:
-            with open(path) as f:
-                values = json.load(f)
+            values = read_json(path, "category", f"regenerate it ({written_by})")
         except FileNotFoundError:
-            raise FileNotFoundError(
-                f"category file {path} does not exist; it is written beside the shards by convert_coco_to_tfrecord.py"
-            ) from None
+            raise FileNotFoundError(f"category file {path} does not exist; {written_by}") from None
         if not isinstance(values, dict) or not isinstance(values.get("categories"), list):
             raise ValueError(f"category file {path} must hold {{'categories': [{{'id', 'name', 'isthing'}}, ...]}}")
         return cls.from_coco(values["categories"])

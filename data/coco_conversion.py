@@ -19,7 +19,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
-import json
 import multiprocessing
 import os
 import sys
@@ -31,6 +30,7 @@ from pycocotools import mask as mask_utils
 
 from data import tfrecord_format as fmt
 from data.categories import Categories
+from jsonfile import read_json, write_json
 
 
 class ConversionError(ValueError):
@@ -95,15 +95,7 @@ class Problem:
 # ------------------------------------------------------------------ planning
 def _load_json(path: str) -> dict:
     """A COCO-style JSON object; ConversionError naming the file when it is missing, not JSON, or not an object."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise ConversionError(f"annotation file {path} does not exist; check the path") from None
-    except IsADirectoryError:
-        raise ConversionError(f"annotation file {path} is a folder; pass the JSON file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConversionError(f"annotation file {path} is not valid JSON ({e}); re-export it") from None
+    data = read_json(path, "annotation", "re-export it", ConversionError)
     if not isinstance(data, dict):
         raise ConversionError(
             f"annotation file {path} holds a JSON {type(data).__name__}, not a COCO object with "
@@ -517,10 +509,7 @@ def _write_coco_subset(coco: dict, image_ids: set[int], path: str) -> None:
         "annotations": [a for a in coco["annotations"] if a["image_id"] in image_ids],
         "categories": coco["categories"],
     }
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(subset, f)
-    os.replace(tmp, path)
+    write_json(path, subset)
 
 
 def convert(options: ConversionOptions, log=None) -> ConversionStats:

@@ -9,22 +9,9 @@
 
 from __future__ import annotations
 
-import json
-
 from evaluation.coco import evaluate_coco_results
 from evaluation.panoptic_quality import pq_compute
-
-
-def read_json(path: str, what: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} file {path} does not exist; check the path") from None
-    except IsADirectoryError:
-        raise ValueError(f"{what} file {path} is a folder; pass the JSON file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{what} file {path} is not valid JSON ({e}); regenerate it") from None
+from jsonfile import read_json
 
 
 def prediction_kind(predictions) -> str:

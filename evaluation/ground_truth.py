@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numbers
 
-from evaluation.files import read_json
+from jsonfile import read_json
 
 
 def check_ground_truth(path: str) -> None:

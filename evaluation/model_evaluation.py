@@ -34,11 +34,11 @@ import numpy as np
 
 from data.categories import Categories
 from evaluation.coco import encode_masks, evaluate_coco_results, instances_to_coco_results, load_coco, xyxy_to_xywh
-from evaluation.files import read_json
 from evaluation.panoptic_quality import PanopticEvaluator, read_panoptic_png
 from evaluation.semantic import SemanticEvaluator
 from inference.postprocess import PostProcessor
 from inference.predictor import compiled, pad_batch, padded_shape, read_image, resize_for_test
+from jsonfile import read_json
 
 IGNORE_LABEL = 255  # semantic ground truth that is not evaluated
 

@@ -23,13 +23,14 @@ or, for files: `pq_compute(gt_json, pred_json, gt_folder, pred_folder)`.
 
 from __future__ import annotations
 
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from jsonfile import read_json
 
 VOID = 0
 OFFSET = 256 * 256 * 256  # ids of RGB PNGs are below this
@@ -269,7 +270,7 @@ def pq_compute(
     Folders default to the JSON path without `.json`, as in panopticapi. Images run on `workers`
     threads (PNG decoding and NumPy release the GIL). Returns `PanopticEvaluator.result()`.
     """
-    gt_json, pred_json = _read_json(gt_json_file), _read_json(pred_json_file)
+    gt_json, pred_json = read_json(gt_json_file, "ground-truth"), read_json(pred_json_file, "predictions")
     gt_folder = gt_folder or gt_json_file.replace(".json", "")
     pred_folder = pred_folder or pred_json_file.replace(".json", "")
     for folder, what in ((gt_folder, "ground truth"), (pred_folder, "predicted")):
@@ -304,13 +305,3 @@ def pq_compute(
         for counts in pool.map(one_image, pairs):
             evaluator.counts += counts
     return evaluator.result()
-
-
-def _read_json(path: str) -> dict:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} does not exist; check the path") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); regenerate it") from None

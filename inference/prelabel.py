@@ -33,6 +33,7 @@ from pycocotools import mask as mask_utils
 
 from data import cvat
 from data.labelme import mask_to_polygons, polygon_shape, write_labelme_file
+from jsonfile import write_json
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 CVAT_SHAPES = ("polygon", "mask")
@@ -69,13 +70,6 @@ def parse_label_map(items: list[str]) -> dict[str, str]:
             raise PrelabelError(f"--label-map {item!r} must look like 'model class=tool label' ('class=' drops it)")
         mapping[model_name.strip()] = tool_label.strip()
     return mapping
-
-
-def _atomic_json(path: str, values: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(values, f)
-    os.replace(tmp, path)
 
 
 def _has_shapes(labelme_path: Path) -> bool:
@@ -200,7 +194,7 @@ def prelabel(predictor, categories, options: PrelabelOptions, log=print) -> Prel
                 str(path.with_suffix(".json")), path.name, record["height"], record["width"],
                 _labelme_shapes(record, options.tolerance),
             )  # fmt: skip
-            _atomic_json(str(folder / "predictions" / f"{path.stem}.json"), record)  # the checkpoint, last
+            write_json(str(folder / "predictions" / f"{path.stem}.json"), record)  # the checkpoint, last
             stats.predicted += 1
             stats.instances += len(record["instances"])
             log(f"{path.name}: {len(record['instances'])} instances")

@@ -24,3 +24,6 @@ def test_bad_files_are_named(tmp_path):
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="bad.json"):
         Categories.load(str(tmp_path / "bad.json"))
+    (tmp_path / "cut.json").write_text('{"categories": [')  # before, json's own message, no file named
+    with pytest.raises(ValueError, match=r"category file .*cut\.json is not valid JSON .*; regenerate it"):
+        Categories.load(str(tmp_path / "cut.json"))

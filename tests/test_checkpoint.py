@@ -1,8 +1,10 @@
 """detectron2 checkpoints: safe unpickling, every pickle flavour, mismatch reports, converter, download cache."""
 
 import contextlib
+import importlib
 import os
 import pickle
+import re
 import subprocess
 import sys
 import warnings
@@ -13,6 +15,7 @@ import pytest
 
 from model import build_model
 from model.checkpoint import (
+    ZOO_MODELS,
     CheckpointError,
     UnsafeCheckpointError,
     download,
@@ -88,9 +91,15 @@ def test_imagenet_backbone_names_get_the_backbone_prefix(tmp_path):
     assert set(read_detectron2_checkpoint(str(path))) == {"backbone.stem.conv1.weight", "backbone.res2.0.conv1.weight"}
 
 
-def test_unreadable_files_get_one_clear_sentence(tmp_path):
-    with pytest.raises(CheckpointError, match="does not exist; check the path, or pass a model-zoo name"):
+def test_unreadable_files_get_one_clear_sentence(tmp_path, capsys):
+    with pytest.raises(CheckpointError, match="does not exist; check the path, or pass a model-zoo name") as missing:
         read_detectron2_checkpoint(str(tmp_path / "missing.pkl"))
+    command = re.search(r"`python (\S+\.py) (--\w+)`", str(missing.value))
+    assert command, f"the hint names no command that lists the model zoo: {missing.value}"
+    script, flag = command.groups()
+    assert importlib.import_module(script.removesuffix(".py").replace("/", ".")).main([flag]) == 0
+    listed = capsys.readouterr().out
+    assert all(f"`{name}`" in listed for name in ZOO_MODELS)  # it lists the names the hint speaks of
     truncated = tmp_path / "truncated.pkl"
     truncated.write_bytes(GOLDEN_PKL.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="truncated.pkl is not a readable detectron2 pickle"):

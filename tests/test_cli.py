@@ -14,16 +14,7 @@ import pytest
 import cli
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = [
-    "train.py",
-    "test.py",
-    "test_map.py",
-    "test_dataset.py",
-    "convert_coco_to_tfrecord.py",
-    "quickstart.py",
-    "tools/convert_detectron2_checkpoint.py",
-    "tools/make_synthetic_dataset.py",
-]
+SCRIPTS = cli.SCRIPTS
 HEAVY = ("tensorflow", "keras", "cv2", "torch", "PIL", "pycocotools", "matplotlib", "numpy")
 HELP_SECONDS = 1.0  # on an idle machine; under load the bound grows with a bare interpreter's start-up
 
@@ -52,6 +43,18 @@ def test_help_is_fast_and_imports_nothing_heavy():
         "\n--help wall time (s): " + ", ".join(f"{s} {t:.2f}" for s, t in timings.items()) + f"; bare python {bare:.2f}"
     )
     assert max(timings.values()) < max(HELP_SECONDS, 10 * bare), timings
+
+
+def test_scripts_names_every_script():
+    """`cli.SCRIPTS` (what the tests here and bench/help_time.py go through) holds every runnable script of the
+    root and tools/ but the two developer tools that need torch and transformers."""
+    runnable = {
+        path.relative_to(ROOT).as_posix()
+        for path in [*ROOT.glob("*.py"), *ROOT.glob("tools/*.py")]
+        if 'if __name__ == "__main__":' in path.read_text().splitlines()
+    }
+    assert set(SCRIPTS) <= runnable
+    assert runnable - set(SCRIPTS) == {"tools/make_golden.py", "tools/parity_report.py"}
 
 
 class _Captured(Exception):
@@ -171,7 +174,7 @@ def test_a_real_failure_after_running_tensorflow_is_exactly_one_line(tmp_path):
 def test_every_scripts_real_command_line_fails_in_exactly_one_line(tmp_path):
     """The scripts whose other tests call main() in-process, each run as a user runs it (fresh processes, side
     by side), with bad input found after TensorFlow was imported: no start-up lines, no traceback, one line
-    and the exit status. test.py, test_dataset.py, the converters and the exporter have their own."""
+    and the exit status. test.py, test_dataset.py and the converters have their own."""
     import tensorflow as tf
 
     from data.categories import Categories
@@ -203,6 +206,12 @@ def test_every_scripts_real_command_line_fails_in_exactly_one_line(tmp_path):
             [*model, "--categories", str(tmp_path / "categories.json"), "--folder", str(tmp_path / "task")],
             1,
             "prelabel.py: ",
+            "none.weights.h5 does not exist",
+        ),
+        "tools/export.py": (
+            [*model, str(tmp_path / "out" / "m2f"), "--format", "saved_model"],
+            2,
+            "error: ",
             "none.weights.h5 does not exist",
         ),
         "convert_coco_to_tfrecord.py": (

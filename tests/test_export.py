@@ -133,7 +133,7 @@ class _FakeModel:
         self.num_queries, self.num_classes = num_queries, num_classes_plus_one - 1
 
 
-def test_cli_refuses_bad_arguments_in_one_sentence(tmp_path, capsys):
+def test_cli_refuses_bad_arguments_in_one_sentence(capsys):
     from tools.export import parse_args
 
     with pytest.raises(SystemExit):
@@ -147,15 +147,7 @@ def test_cli_refuses_bad_arguments_in_one_sentence(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_args(["m.keras", "out", "--format", "litert", "--size", "800by1216"])
     args = parse_args(["m.keras", "out.tflite", "--format", "litert", "--size", "160x256", "--precision", "float16"])
-    assert args.size == (160, 256)
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "tools/export.py"), str(tmp_path / "missing.keras"), str(tmp_path / "o"),
-         "--format", "saved_model"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    last_line = result.stderr.strip().splitlines()[-1]  # after TensorFlow's start-up log lines
-    assert result.returncode != 0 and last_line.startswith("error: ") and "missing.keras does not exist" in last_line
-    assert "Traceback" not in result.stderr
+    assert args.size == (160, 256)  # a missing model, run as a user runs it: tests/test_cli.py
 
 
 # ------------------------------------------------------------------------------------ slow: formats

@@ -149,21 +149,27 @@ def test_existing_task_label_map_and_resume(tmp_path):
         prelabel(_band_predictor(), THINGS, PrelabelOptions(str(folder), label_map={"cat": "x"}))
 
 
-def test_command_line_errors_are_one_line(tmp_path, capsys):
+def test_command_line_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    """Bad options, a missing model, a task folder whose annotations.xml declares an external entity (with a
+    stand-in model, so that the folder is read): one line on stderr each, exit status 1."""
     (tmp_path / "task").mkdir()
     (tmp_path / "categories.json").write_text(json.dumps({"categories": CATEGORIES[:4]}))
     (tmp_path / "task" / "annotations.xml").write_text(
         '<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x SYSTEM "file:///etc/passwd">]><annotations>&x;</annotations>'
     )
     base = ["--weights", str(tmp_path / "none.weights.h5"), "--categories", str(tmp_path / "categories.json")]
-    base += ["--set", "model.num_classes=4"]
+    base += ["--set", "model.num_classes=4", "--folder", str(tmp_path / "task")]
     for extra, words in (
-        (["--folder", str(tmp_path / "task"), "--label-map", "circle"], "must look like"),
-        (["--folder", str(tmp_path / "task")], "does not exist"),
+        (["--label-map", "circle"], "must look like"),
+        ([], "none.weights.h5 does not exist"),
     ):
         assert prelabel_program.main([*base, *extra]) == 1
         error = capsys.readouterr().err.strip().splitlines()
         assert len(error) == 1 and words in error[0], error
+    monkeypatch.setattr("inference.loading.load_model", lambda *args: BandModel())
+    assert prelabel_program.main(base) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "annotations.xml refused: it declares a DTD" in error[0], error
 
 
 @pytest.fixture(scope="module")

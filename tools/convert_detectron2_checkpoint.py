@@ -97,6 +97,7 @@ def main(argv=None) -> int:
     parser.add_argument("--list", action="store_true", help="print the model zoo as a markdown table and exit")
     args = cli.parse(parser, argv)
     if args.list:
+        cli.import_tensorflow()  # the zoo's table imports `model` (Keras, TensorFlow): quietly
         print(zoo_table())
         return 0
     if args.source is None or args.output is None:

@@ -20,17 +20,18 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from config import ConfigError, add_config_arguments, config_from_args  # noqa: E402
+import cli  # noqa: E402
+from config import add_config_arguments, config_from_args  # noqa: E402
 
 FORMATS = ("saved_model", "litert", "onnx")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Export Mask2Former as a SavedModel, LiteRT or ONNX model.")
+    parser = cli.parser(__doc__)
     parser.add_argument("model", nargs="?", help="a saved .keras model (or give --weights)")
     parser.add_argument("output", help="SavedModel folder, .tflite or .onnx file to write")
     parser.add_argument("--weights", help="weights for the configured model: detectron2 .pkl or Keras .weights.h5")
-    parser.add_argument("--format", required=True, choices=FORMATS)
+    parser.add_argument("--format", required=True, choices=FORMATS, help="what to write")
     parser.add_argument("--task", choices=("instance", "panoptic", "semantic"), help="overrides inference.task")
     parser.add_argument("--categories", default=None, help="categories.json (default: data.categories_file)")
     size = parser.add_mutually_exclusive_group()
@@ -42,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--precision", default="float32", choices=("float32", "float16"), help="LiteRT weights")
     add_config_arguments(parser)
-    args = parser.parse_args(argv)
+    args = cli.parse(parser, argv)
     if args.weights is not None and args.model is not None:
         parser.error("give MODEL (.keras) or --weights, not both")
     if args.weights is None and args.model is None:
@@ -72,36 +73,35 @@ def parse_size(text: str) -> tuple[int, int]:
     return height, width
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     args = parse_args(argv)
+    config = config_from_args(args)
+    if args.task:
+        config.set("inference.task", args.task)
+    cli.import_tensorflow()
     from data.categories import Categories
     from inference import export
     from inference.loading import load_model
 
-    try:
-        config = config_from_args(args)
-        if args.task:
-            config.set("inference.task", args.task)
-        network = load_model(config, model_path=args.model, weights_path=args.weights)
-        categories_file = args.categories or config.data.categories_file
-        categories = Categories.load(categories_file) if categories_file else None
-        if categories is not None and categories.num_classes != config.model.num_classes:
-            raise ValueError(
-                f"{categories_file} lists {categories.num_classes} categories but the model predicts "
-                f"{config.model.num_classes}; pass the categories of the dataset the model was trained on"
-            )
-        if args.format == "saved_model":
-            export.export_saved_model(
-                network, args.output, export.ExportSettings.from_config(config, categories), args.size
-            )
-        elif args.format == "litert":
-            export.export_litert(network, args.output, args.size, args.precision)
-        else:
-            export.export_onnx(network, args.output, args.size)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    network = load_model(config, model_path=args.model, weights_path=args.weights)
+    categories_file = args.categories or config.data.categories_file
+    categories = Categories.load(categories_file) if categories_file else None
+    if categories is not None and categories.num_classes != config.model.num_classes:
+        raise ValueError(
+            f"{categories_file} lists {categories.num_classes} categories but the model predicts "
+            f"{config.model.num_classes}; pass the categories of the dataset the model was trained on"
+        )
+    if args.format == "saved_model":
+        export.export_saved_model(
+            network, args.output, export.ExportSettings.from_config(config, categories), args.size
+        )
+    elif args.format == "litert":
+        export.export_litert(network, args.output, args.size, args.precision)
+    else:
+        export.export_onnx(network, args.output, args.size)
     print(f"wrote {args.output} ({args.format})")
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

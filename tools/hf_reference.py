@@ -150,6 +150,35 @@ def normalize(images):
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
 
+def reference_train_step(hf, images, mask_labels, class_labels, learning_rate=1e-4, weight_decay=0.05):
+    """The reference's training step as a function returning the loss: forward with the labels (its
+    `Mask2FormerLoss`), backward, `clip_grad_norm_(0.01)`, `torch.optim.AdamW`; frozen batch norm, as ours.
+
+    images: (B, H, W, 3) 0..255; mask_labels, class_labels: per image (N, H, W) float32 and (N,) int64
+    torch tensors on the device of `hf`, which is put in training mode here.
+    """
+    import torch
+
+    hf.train()
+    for module in hf.modules():  # frozen batch norm, as ours (detectron2's FrozenBatchNorm2d)
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eval()
+            module.requires_grad_(False)
+    trainable = [p for p in hf.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=weight_decay)
+    pixels = normalize(images).float().to(next(hf.parameters()).device)
+
+    def step() -> float:
+        optimizer.zero_grad()
+        loss = hf(pixel_values=pixels, mask_labels=mask_labels, class_labels=class_labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(hf.parameters(), 0.01)
+        optimizer.step()
+        return float(loss.detach())
+
+    return step
+
+
 def run_reference(hf, images) -> dict[str, np.ndarray]:
     """Every compared output of the reference, channels-last where it is a map."""
     import torch
