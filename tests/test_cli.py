@@ -211,6 +211,7 @@ def test_every_scripts_real_command_line_fails_in_exactly_one_line(tmp_path):
     config.save(str(tmp_path / "config.json"))
     Categories.from_coco([{"id": k, "name": f"c{k}"} for k in range(4)]).save(str(tmp_path / "categories.json"))
     (tmp_path / "task" / "images").mkdir(parents=True)
+    (tmp_path / "task" / "images" / "a.png").write_bytes(b"")  # the folder passes prelabel.py's checks
     model = ["--weights", str(tmp_path / "none.weights.h5"), "--config", str(tmp_path / "config.json")]
     cases = {
         "train.py": (
@@ -227,8 +228,8 @@ def test_every_scripts_real_command_line_fails_in_exactly_one_line(tmp_path):
         ),
         "prelabel.py": (
             [*model, "--categories", str(tmp_path / "categories.json"), "--folder", str(tmp_path / "task")],
-            1,
-            "prelabel.py: ",
+            2,
+            "error: ",
             "none.weights.h5 does not exist",
         ),
         "tools/export.py": (
