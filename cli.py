@@ -16,7 +16,8 @@
 - TensorFlow's start-up lines (CUDA probing, cpu_feature_guard, absl) are silenced unless `--verbose`.
 - `run(main)` turns expected errors into one line `error: ...` on stderr and an exit status, never a
   traceback (`--verbose` shows it): 0 done, 1 ran but failed (e.g. some inputs skipped), 2 bad input
-  or configuration, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+  or configuration, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 141 stdout closed by its reader
+  (`| head`: the rest of the output is dropped quietly, the status a shell shows for a process killed by SIGPIPE).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ SCRIPTS = (
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM
+EXIT_INTERRUPTED, EXIT_BROKEN_PIPE, EXIT_TERMINATED = 130, 141, 143  # 128 + SIGINT, SIGPIPE, SIGTERM
 
 _VERBOSE = "--verbose" in sys.argv
 
@@ -177,9 +178,23 @@ def run(main, argv: list[str] | None = None) -> int:
     Expected: `CommandError`, ValueError (the repository's ConfigError, ModelLoadError, CheckpointError,
     ConversionError derive from it), OSError (missing, unreadable, unwritable files, full disks),
     TensorFlow's errors (e.g. a shard that cannot be read). `SystemExit("message")` prints the message.
+    A reader that closes stdout early (`| head`) stops the script quietly with status 141, as the `signal`
+    docs advise ("Note on SIGPIPE": stdout pointed at /dev/null so that the exit's flush fails no more).
     """
     try:
+        status = _run(main, argv)
+        sys.stdout.flush()  # what is still buffered meets a closed pipe here, not in the interpreter's exit
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    return status
+
+
+def _run(main, argv: list[str] | None) -> int:
+    try:
         status = main(argv)
+    except BrokenPipeError:
+        raise  # stdout closed by its reader: `run`'s, not an error to report
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

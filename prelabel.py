@@ -8,8 +8,9 @@
 `batch2/images/` holds the images (and an optional `batch2/annotations.xml` exported from CVAT). It writes
 `batch2/annotations.xml` (upload to CVAT: "CVAT for images 1.1"), `batch2/images/<name>.json` (open
 `batch2/images` in labelme), `batch2/visuals/` and `batch2/predictions/` (see inference/prelabel.py).
-Killed or interrupted, the same command carries on with the images not yet done. Exit status 0, or 1
-with one line saying what to fix.
+Killed or interrupted, the same command carries on with the images not yet done. An image that cannot be
+read is skipped with one line. Exit status: 0 done; 1 some images skipped; 2 bad input or configuration
+(one line naming the file or field and the fix).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import contextlib
 import sys
 
 import cli
-from config import ConfigError, add_config_arguments, config_from_args
+from config import add_config_arguments, config_from_args
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -42,33 +43,32 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from data.categories import Categories
-    from inference.prelabel import PrelabelError, PrelabelOptions, parse_label_map, prelabel
+    from inference.prelabel import PrelabelError, PrelabelOptions, check_task, parse_label_map, prelabel
 
-    try:
-        config = config_from_args(args)
-        config.set("inference.task", "instance")
-        options = PrelabelOptions(
-            folder=args.folder,
-            score_threshold=args.score_threshold,
-            batch_size=args.batch_size,
-            label_map=parse_label_map(args.label_map),
-            tolerance=args.tolerance,
-            cvat_shape=args.cvat_shape,
+    # Bad input (options, config, categories, the folder, its annotations.xml) raises before the model loads;
+    # cli.run prints its one line and exits 2.
+    config = config_from_args(args)
+    config.set("inference.task", "instance")
+    options = PrelabelOptions(
+        folder=args.folder,
+        score_threshold=args.score_threshold,
+        batch_size=args.batch_size,
+        label_map=parse_label_map(args.label_map),
+        tolerance=args.tolerance,
+        cvat_shape=args.cvat_shape,
+    )
+    if args.batch_size < 1 or not 0.0 <= args.score_threshold <= 1.0 or args.tolerance < 0:
+        raise PrelabelError("--batch-size must be >= 1, --score-threshold in [0, 1], --tolerance >= 0")
+    path = args.categories or config.data.categories_file
+    if not path:
+        raise PrelabelError("give --categories (the categories.json written beside the training shards)")
+    categories = Categories.load(path)
+    if categories.num_classes != config.model.num_classes and args.weights:
+        raise PrelabelError(
+            f"{path} lists {categories.num_classes} categories but model.num_classes is "
+            f"{config.model.num_classes}; pass the categories of the dataset the model was trained on"
         )
-        if args.batch_size < 1 or not 0.0 <= args.score_threshold <= 1.0 or args.tolerance < 0:
-            raise PrelabelError("--batch-size must be >= 1, --score-threshold in [0, 1], --tolerance >= 0")
-        path = args.categories or config.data.categories_file
-        if not path:
-            raise PrelabelError("give --categories (the categories.json written beside the training shards)")
-        categories = Categories.load(path)
-        if categories.num_classes != config.model.num_classes and args.weights:
-            raise PrelabelError(
-                f"{path} lists {categories.num_classes} categories but model.num_classes is "
-                f"{config.model.num_classes}; pass the categories of the dataset the model was trained on"
-            )
-    except (ConfigError, PrelabelError, FileNotFoundError, ValueError) as e:
-        print(f"prelabel.py: {e}", file=sys.stderr)
-        return 1
+    check_task(options, categories)
 
     tf = cli.import_tensorflow()
 
@@ -76,23 +76,19 @@ def main(argv=None) -> int:
     from inference.predictor import Predictor
 
     with tf.device(args.device) if args.device else contextlib.nullcontext():
-        try:
-            model = load_model(config, args.model, args.weights)
-            if categories.num_classes != config.model.num_classes:
-                raise PrelabelError(
-                    f"{path} lists {categories.num_classes} categories but the model has {config.model.num_classes} "
-                    "classes; pass the categories of the dataset the model was trained on"
-                )
-            predictor = Predictor(model, config, isthing=categories.isthing)
-            stats = prelabel(predictor, categories, options)
-        except (PrelabelError, ValueError, OSError) as e:
-            print(f"prelabel.py: {e}", file=sys.stderr)
-            return 1
+        model = load_model(config, args.model, args.weights)
+        if categories.num_classes != config.model.num_classes:
+            raise PrelabelError(
+                f"{path} lists {categories.num_classes} categories but the model has {config.model.num_classes} "
+                "classes; pass the categories of the dataset the model was trained on"
+            )
+        stats = prelabel(Predictor(model, config, isthing=categories.isthing), categories, options)
     print(
-        f"predicted {stats.predicted} images ({stats.instances} instances); {stats.resumed} done before, "
+        f"predicted {stats.predicted} images ({stats.instances} instances), {len(stats.skipped)} skipped"
+        f"{' (see above; a rerun retries them)' if stats.skipped else ''}; {stats.resumed} done before, "
         f"{stats.kept} labelled images kept -> {args.folder}/annotations.xml, images/*.json, visuals/, predictions/"
     )
-    return 0
+    return cli.EXIT_FAILED if stats.skipped else cli.EXIT_OK
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 
 import cv2
@@ -59,6 +60,7 @@ class PrelabelStats:
     resumed: int = 0  # images whose predictions/*.json an earlier run wrote
     kept: int = 0  # labelled images left as they are
     instances: int = 0  # instances written by this run
+    skipped: list[str] = dataclasses.field(default_factory=list)  # images that could not be read (a rerun retries)
 
 
 def parse_label_map(items: list[str]) -> dict[str, str]:
@@ -155,24 +157,33 @@ def _write_image(path: Path, rgb: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def prelabel(predictor, categories, options: PrelabelOptions, log=print) -> PrelabelStats:
-    """Predicts the folder's unlabelled images (resuming), then writes annotations.xml from all predictions."""
-    from inference.postprocess import InstanceResult
-    from inference.predictor import read_image
-    from inference.visualize import draw_instances
-
+def check_task(options: PrelabelOptions, categories):
+    """The folder's annotations.xml (root or None) and its plan (see `_plan`); PrelabelError when the options,
+    the folder or its annotations.xml cannot be used (so a command line can check them before loading a model)."""
     if options.cvat_shape not in CVAT_SHAPES:
         raise PrelabelError(f"cvat shape {options.cvat_shape!r} is not one of {CVAT_SHAPES}")
     unknown = set(options.label_map) - set(categories.names)
     if unknown:
         raise PrelabelError(f"--label-map names {sorted(unknown)}, not classes of the model: {list(categories.names)}")
-    folder = Path(options.folder)
-    xml_path = folder / "annotations.xml"
+    xml_path = Path(options.folder) / "annotations.xml"
     try:
         root = cvat.parse_xml(str(xml_path)) if xml_path.exists() else None
     except cvat.CvatError as e:
         raise PrelabelError(str(e)) from None
-    todo, done, kept, labelled_in_xml = _plan(options, root)
+    return root, _plan(options, root)
+
+
+def prelabel(predictor, categories, options: PrelabelOptions, log=print) -> PrelabelStats:
+    """Predicts the folder's unlabelled images (resuming), then writes annotations.xml from all predictions.
+
+    An image that cannot be read is skipped with one line on stderr (`stats.skipped`)."""
+    from inference.postprocess import InstanceResult
+    from inference.predictor import read_image
+    from inference.visualize import draw_instances
+
+    folder = Path(options.folder)
+    xml_path = folder / "annotations.xml"
+    root, (todo, done, kept, labelled_in_xml) = check_task(options, categories)
     stats = PrelabelStats(resumed=len(done), kept=len(kept))
     for sub in ("visuals", "predictions"):
         (folder / sub).mkdir(exist_ok=True)
@@ -180,8 +191,16 @@ def prelabel(predictor, categories, options: PrelabelOptions, log=print) -> Prel
         log(f"{len(done)} images already predicted (predictions/), {len(kept)} labelled images kept; {len(todo)} to do")
 
     for start in range(0, len(todo), options.batch_size):
-        batch = todo[start : start + options.batch_size]
-        pixels = [read_image(str(path)) for path in batch]
+        batch, pixels = [], []
+        for path in todo[start : start + options.batch_size]:
+            try:
+                pixels.append(read_image(str(path)))
+                batch.append(path)
+            except ValueError as e:
+                print(f"skipped: {e}", file=sys.stderr, flush=True)
+                stats.skipped.append(str(path))
+        if not batch:
+            continue
         for path, rgb, result in zip(batch, pixels, predictor(pixels), strict=True):
             if not isinstance(result, InstanceResult):
                 raise PrelabelError("pre-labelling needs instance results; run with --set inference.task=instance")
@@ -208,7 +227,8 @@ def prelabel(predictor, categories, options: PrelabelOptions, log=print) -> Prel
         if added:
             log(f"annotations.xml: labels {added} added to <meta>; create them in the CVAT task before uploading")
     for image in [*done, *todo]:
-        if image.name in labelled_in_xml:  # shapes in the XML (corrected, or an earlier run's): kept
+        # shapes in the XML (corrected, or an earlier run's): kept; an unreadable image: nothing to add
+        if image.name in labelled_in_xml or str(image) in stats.skipped:
             continue
         record = json.loads((folder / "predictions" / f"{image.stem}.json").read_text())
         _add_cvat_shapes(root, record, options)

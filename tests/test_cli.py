@@ -45,6 +45,29 @@ def test_help_is_fast_and_imports_nothing_heavy():
     assert max(timings.values()) < max(HELP_SECONDS, 10 * bare), timings
 
 
+def test_a_reader_closing_stdout_stops_the_script_quietly():
+    """`SCRIPT | head -1`: a reader that closes stdout early ends the script (any: `cli.run`) with status 141
+    (128 + SIGPIPE, as shells report) and nothing on stderr; before: `error: 32`, exit 2. A script printing
+    a million lines to a reader of one, and `--list` into a pipe closed before it writes."""
+    printer = "import sys, cli; sys.exit(cli.run(lambda argv: [print(i) for i in range(10**6)]))"
+    process = subprocess.Popen(
+        [sys.executable, "-c", printer], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stdout.readline() == "0\n"
+    process.stdout.close()  # the reader stops, as `head -1` does
+    assert (process.wait(timeout=120), process.stderr.read()) == (cli.EXIT_BROKEN_PIPE, "")
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "tools/convert_detectron2_checkpoint.py", "--list"],
+            cwd=ROOT, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (cli.EXIT_BROKEN_PIPE, "")
+
+
 def test_scripts_names_every_script():
     """`cli.SCRIPTS` (what the tests here and bench/help_time.py go through) holds every runnable script of the
     root and tools/ but the two developer tools that need torch and transformers."""
@@ -188,6 +211,7 @@ def test_every_scripts_real_command_line_fails_in_exactly_one_line(tmp_path):
     config.save(str(tmp_path / "config.json"))
     Categories.from_coco([{"id": k, "name": f"c{k}"} for k in range(4)]).save(str(tmp_path / "categories.json"))
     (tmp_path / "task" / "images").mkdir(parents=True)
+    (tmp_path / "task" / "images" / "a.png").write_bytes(b"")  # the folder passes prelabel.py's checks
     model = ["--weights", str(tmp_path / "none.weights.h5"), "--config", str(tmp_path / "config.json")]
     cases = {
         "train.py": (
@@ -204,8 +228,8 @@ def test_every_scripts_real_command_line_fails_in_exactly_one_line(tmp_path):
         ),
         "prelabel.py": (
             [*model, "--categories", str(tmp_path / "categories.json"), "--folder", str(tmp_path / "task")],
-            1,
-            "prelabel.py: ",
+            2,
+            "error: ",
             "none.weights.h5 does not exist",
         ),
         "tools/export.py": (

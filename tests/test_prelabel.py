@@ -20,6 +20,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+import cli
 import prelabel as prelabel_program
 from config import Mask2FormerConfig
 from data.categories import Categories
@@ -149,27 +150,64 @@ def test_existing_task_label_map_and_resume(tmp_path):
         prelabel(_band_predictor(), THINGS, PrelabelOptions(str(folder), label_map={"cat": "x"}))
 
 
-def test_command_line_errors_are_one_line(tmp_path, capsys, monkeypatch):
-    """Bad options, a missing model, a task folder whose annotations.xml declares an external entity (with a
-    stand-in model, so that the folder is read): one line on stderr each, exit status 1."""
-    (tmp_path / "task").mkdir()
+def test_bad_input_is_one_line_and_status_2_an_unreadable_image_is_skipped_with_1(tmp_path, capsys, monkeypatch):
+    """As on the command line (`cli.run`): each bad option, config, categories file, folder or annotations.xml
+    is one line on stderr naming it and exit status 2, found before the model loads; a missing weights file
+    too. An unreadable image beside a readable one: skipped in one line, the other pre-labelled, status 1."""
     (tmp_path / "categories.json").write_text(json.dumps({"categories": CATEGORIES[:4]}))
-    (tmp_path / "task" / "annotations.xml").write_text(
-        '<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x SYSTEM "file:///etc/passwd">]><annotations>&x;</annotations>'
-    )
-    base = ["--weights", str(tmp_path / "none.weights.h5"), "--categories", str(tmp_path / "categories.json")]
-    base += ["--set", "model.num_classes=4", "--folder", str(tmp_path / "task")]
-    for extra, words in (
-        (["--label-map", "circle"], "must look like"),
-        ([], "none.weights.h5 does not exist"),
-    ):
-        assert prelabel_program.main([*base, *extra]) == 1
+    _images(tmp_path / "task", 1)
+    (tmp_path / "task" / "images" / "broken.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "empty" / "images").mkdir(parents=True)
+    for name, text in (
+        ("dtd", '<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x SYSTEM "file:///etc/passwd">]><annotations>&x;</annotations>'),
+        ("malformed", "<annotations><image"),
+    ):  # fmt: skip
+        _images(tmp_path / name, 1)
+        (tmp_path / name / "annotations.xml").write_text(text)
+    categories = ["--categories", str(tmp_path / "categories.json")]
+    base = ["--weights", str(tmp_path / "none.weights.h5"), *categories, "--set", "model.num_classes=4"]
+    task = ["--folder", str(tmp_path / "task")]
+    cases = [
+        ([*base, *task, "--label-map", "circle"], "--label-map 'circle' must look like 'model class=tool label'"),
+        ([*base, *task, "--label-map", "hexagon=x"], "--label-map names ['hexagon'], not classes of the model"),
+        ([*base, *task, "--batch-size", "0"], "--batch-size must be >= 1"),
+        ([*base, "model.nope=1", *task], "unknown config key 'model.nope'"),
+        ([*base, "model.num_classes=x", *task], "model.num_classes='x' is not a valid value"),
+        ([*base, *task, "--config", str(tmp_path / "missing.json")], "missing.json does not exist"),
+        (["--weights", "w", "--categories", str(tmp_path / "nope.json"), *task], "category file"),
+        (["--weights", "w", *categories, *task], "lists 4 categories but model.num_classes is 80"),
+        ([*base, "--folder", str(tmp_path / "missing")], "missing has no images/ folder; put the images"),
+        ([*base, "--folder", str(tmp_path / "empty")], "images holds no images"),
+        ([*base, "--folder", str(tmp_path / "dtd")], "annotations.xml refused: it declares a DTD"),
+        ([*base, "--folder", str(tmp_path / "malformed")], "annotations.xml is not well-formed XML"),
+    ]
+
+    def no_model(*args):
+        raise AssertionError("bad input is found before the model loads")
+
+    monkeypatch.setattr("inference.loading.load_model", no_model)
+    for argv, words in cases:
+        assert cli.run(prelabel_program.main, argv) == cli.EXIT_BAD_INPUT, argv
         error = capsys.readouterr().err.strip().splitlines()
-        assert len(error) == 1 and words in error[0], error
-    monkeypatch.setattr("inference.loading.load_model", lambda *args: BandModel())
-    assert prelabel_program.main(base) == 1
+        assert len(error) == 1 and error[0].startswith("error: ") and words in error[0], (argv, error)
+    monkeypatch.undo()
+    assert cli.run(prelabel_program.main, [*base, *task]) == cli.EXIT_BAD_INPUT
     error = capsys.readouterr().err.strip().splitlines()
-    assert len(error) == 1 and "annotations.xml refused: it declares a DTD" in error[0], error
+    assert len(error) == 1 and "none.weights.h5 does not exist" in error[0], error
+
+    monkeypatch.setattr("inference.loading.load_model", lambda *args: BandModel())
+    small = [*base, "data.min_size_test=64", "data.max_size_test=128", *task]
+    assert cli.run(prelabel_program.main, small) == cli.EXIT_FAILED
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [
+        f"skipped: cannot read image {tmp_path / 'task' / 'images' / 'broken.jpg'}; it is missing, empty or not "
+        "an image format OpenCV knows"
+    ]
+    assert "predicted 1 images (4 instances), 1 skipped (see above" in captured.out, captured.out
+    assert sorted(p.name for p in (tmp_path / "task" / "predictions").iterdir()) == ["im0.json"]
+    assert [im.get("name") for im in ET.parse(tmp_path / "task" / "annotations.xml").getroot().iter("image")] == [
+        "im0.png"
+    ]
 
 
 @pytest.fixture(scope="module")

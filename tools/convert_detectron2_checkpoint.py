@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cli  # noqa: E402
 from config import PRESETS, Mask2FormerConfig  # noqa: E402
+from model_zoo import MODEL_ZOO, NOT_PUBLISHED, ZOO_MODELS, describe_backbone  # noqa: E402
 
 OFFICIAL_PRESET = {133: "coco_panoptic", 150: "ade20k_semantic"}  # by class count; else coco_instance
 
@@ -33,14 +34,7 @@ def convert_checkpoint(source: str, num_heads: int = 8):
     `config` is the zoo name's preset (else the official recipe for the class count) with the
     checkpoint's architecture."""
     from model import build_model
-    from model.checkpoint import (
-        MODEL_ZOO,
-        NOT_PUBLISHED,
-        download,
-        infer_model_config,
-        load_detectron2_state,
-        read_detectron2_checkpoint,
-    )
+    from model.checkpoint import download, infer_model_config, load_detectron2_state, read_detectron2_checkpoint
     from model.hf_checkpoint import is_hf_checkpoint, read_hf_checkpoint
 
     if is_hf_checkpoint(source):
@@ -61,7 +55,6 @@ def convert(source: str, output: str, num_heads: int = 8) -> str:
     """Converts `source` (see `convert_checkpoint`) and writes `output` (.keras with its inference settings);
     returns the load report."""
     from inference.loading import save_model
-    from model.checkpoint import describe_backbone
 
     model, config, report = convert_checkpoint(source, num_heads)
     save_model(model, output, config)
@@ -73,9 +66,7 @@ def convert(source: str, output: str, num_heads: int = 8) -> str:
 
 
 def zoo_table() -> str:
-    """The model zoo as a markdown table: name, backbone, task, classes, queries, paper result."""
-    from model.checkpoint import ZOO_MODELS, describe_backbone
-
+    """The model zoo as a markdown table: name, backbone, task, classes, queries, paper result (no Keras import)."""
     rows = ["| name | backbone | task | classes | queries | paper result |", "|---|---|---|---|---|---|"]
     for name, (_, result) in ZOO_MODELS.items():
         config = PRESETS[name]()
@@ -97,7 +88,6 @@ def main(argv=None) -> int:
     parser.add_argument("--list", action="store_true", help="print the model zoo as a markdown table and exit")
     args = cli.parse(parser, argv)
     if args.list:
-        cli.import_tensorflow()  # the zoo's table imports `model` (Keras, TensorFlow): quietly
         print(zoo_table())
         return 0
     if args.source is None or args.output is None:
