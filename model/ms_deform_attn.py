@@ -102,6 +102,9 @@ class MultiScaleDeformableAttention(keras.layers.Layer):
         reference_points: (B or 1, Lq, 2) normalised (x, y) per query, the same on every level.
         value_input: (B, Lv, C), the levels flattened row-major and concatenated.
         spatial_shapes: list of `num_levels` (height, width) pairs, in the value's order.
+        training: when True the sampling is rematerialised: its (B * Lq * heads * levels * points, D)
+            corner reads are recomputed in the backward pass instead of kept from the forward (at
+            2 x 512x512 they are 0.5 GB per layer), as the official CUDA kernel and `grid_sample` do.
     Returns: (B, Lq, C).
     """
 
@@ -128,7 +131,7 @@ class MultiScaleDeformableAttention(keras.layers.Layer):
         for layer in (self.sampling_offsets, self.attention_weights, self.value_proj, self.output_proj):
             layer.build((None, None, self.hidden_dim))
 
-    def call(self, query, reference_points, value_input, spatial_shapes):
+    def call(self, query, reference_points, value_input, spatial_shapes, training=None):
         batch = ops.shape(query)[0]
         num_queries = ops.shape(query)[1]
         heads, levels, points = self.num_heads, self.num_levels, self.num_points
@@ -143,7 +146,8 @@ class MultiScaleDeformableAttention(keras.layers.Layer):
             ops.stack([ops.stack([w, h]) for h, w in spatial_shapes])[:, None, :], offsets.dtype
         )  # (B, Lq, heads, levels, P, 2), offsets in pixels of their level
         value = ops.reshape(value, (batch, -1, heads, head_dim))
-        output = deformable_sample(value, spatial_shapes, locations, weights)  # (B, Lq, heads, head_dim)
+        sample = keras.remat(deformable_sample) if training else deformable_sample
+        output = sample(value, spatial_shapes, locations, weights)  # (B, Lq, heads, head_dim)
         output = ops.reshape(output, (batch, num_queries, self.hidden_dim))
         return self.output_proj(output)
 
