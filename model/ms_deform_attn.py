@@ -13,8 +13,9 @@ from keras import ops
 from model.layers import register
 
 
-def deformable_sample(value, spatial_shapes, locations, weights):
-    """Weighted bilinear samples of every head and level: one row gather per corner (grid_sample semantics).
+def deformable_sample(value, spatial_shapes, locations, weights, one_gather=False):
+    """Weighted bilinear samples of every head and level: whole rows of D channels gathered per corner and
+    summed by a small matmul per (batch, query, head) (grid_sample semantics).
 
     Args:
         value: (B, Lv, heads, D), the levels flattened row-major and concatenated.
@@ -22,6 +23,8 @@ def deformable_sample(value, spatial_shapes, locations, weights):
         locations: (B or 1, Lq, heads, levels, P, 2) points as (x, y) in [0, 1]; pixel centres sit at
             (k + 0.5) / size; points outside the map contribute zeros (align_corners=False, zero padding).
         weights: (B, Lq, heads, levels, P) weight of each sampled point.
+        one_gather: read the 4 corners in one gather (4x the transient memory of one corner's; its
+            gradient is one scatter instead of 4 concatenated ones, which training wants) instead of 4.
 
     Returns:
         (B, Lq, heads, D): the sum over levels and points of weight * bilinear sample.
@@ -42,7 +45,8 @@ def deformable_sample(value, spatial_shapes, locations, weights):
     batch_rows = ops.reshape(ops.arange(batch, dtype="int32") * num_values, (-1, 1, 1, 1, 1))
     head_index = ops.reshape(ops.arange(heads, dtype="int32"), (1, 1, -1, 1, 1))
     result_shape = ops.shape(weights)
-    output = 0.0
+    rows = result_shape[0] * result_shape[1] * heads  # one per (batch, query, head)
+    indices, corner_weights = [], []
     for dx in (0, 1):
         for dy in (0, 1):
             xi, yi = x0 + dx, y0 + dy
@@ -51,12 +55,15 @@ def deformable_sample(value, spatial_shapes, locations, weights):
             inside = (xi >= 0) & (xi < widths) & (yi >= 0) & (yi < heights)
             corner = ops.where(inside, corner, ops.zeros_like(corner))  # (B, Lq, heads, levels, P)
             row = starts + ops.clip(yi, 0, heights - 1) * widths + ops.clip(xi, 0, widths - 1)
-            index = (batch_rows + row) * heads + head_index
-            gathered = ops.take(table, ops.reshape(index, (-1,)), axis=0)  # (B * Lq * heads * levels * P, D)
-            gathered = ops.reshape(gathered, (result_shape[0], result_shape[1], heads, -1, head_dim))
-            corner = ops.reshape(corner, (result_shape[0], result_shape[1], heads, -1, 1))
-            output = output + ops.sum(gathered * ops.cast(corner, value.dtype), axis=3)
-    return output  # (B, Lq, heads, D)
+            indices.append(ops.reshape((batch_rows + row) * heads + head_index, (rows, -1)))
+            corner_weights.append(ops.cast(ops.reshape(corner, (rows, 1, -1)), value.dtype))
+    if one_gather:
+        indices, corner_weights = [ops.concatenate(indices, 1)], [ops.concatenate(corner_weights, 2)]
+    output = 0.0
+    for index, corner in zip(indices, corner_weights, strict=True):
+        gathered = ops.take(table, ops.reshape(index, (-1,)), axis=0)  # (rows * samples, D)
+        output = output + ops.matmul(corner, ops.reshape(gathered, (rows, -1, head_dim)))  # (rows, 1, D)
+    return ops.reshape(output, (result_shape[0], result_shape[1], heads, head_dim))
 
 
 def bilinear_sample(values, height, width, locations):
@@ -146,8 +153,10 @@ class MultiScaleDeformableAttention(keras.layers.Layer):
             ops.stack([ops.stack([w, h]) for h, w in spatial_shapes])[:, None, :], offsets.dtype
         )  # (B, Lq, heads, levels, P, 2), offsets in pixels of their level
         value = ops.reshape(value, (batch, -1, heads, head_dim))
-        sample = keras.remat(deformable_sample) if training else deformable_sample
-        output = sample(value, spatial_shapes, locations, weights)  # (B, Lq, heads, head_dim)
+        if training:  # recomputed in the backward pass; one gather: one scatter in the backward pass
+            output = keras.remat(deformable_sample)(value, spatial_shapes, locations, weights, one_gather=True)
+        else:
+            output = deformable_sample(value, spatial_shapes, locations, weights)  # (B, Lq, heads, head_dim)
         output = ops.reshape(output, (batch, num_queries, self.hidden_dim))
         return self.output_proj(output)
 
