@@ -5,8 +5,6 @@ import importlib
 import os
 import pickle
 import re
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -159,22 +157,17 @@ def test_infer_model_config_reads_architecture_from_shapes():
         assert value == getattr(expected, key), key
 
 
-def test_converter_writes_a_self_contained_keras_file(tmp_path):
-    out = tmp_path / "tiny.keras"
-    subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "tools" / "convert_detectron2_checkpoint.py"),
-            str(GOLDEN_PKL),
-            str(out),
-            "--num-heads",
-            "4",
-        ],
-        check=True,
-        cwd=tmp_path,
-        capture_output=True,
-    )
+def test_converter_writes_a_self_contained_keras_file(tmp_path, monkeypatch):
+    """The command line's `main` (in this process: a fresh one costs TensorFlow's start-up; tests/test_cli.py
+    starts the script itself, with --help)."""
     import keras
+
+    import cli
+    from tools.convert_detectron2_checkpoint import main
+
+    out = tmp_path / "tiny.keras"
+    monkeypatch.chdir(tmp_path)
+    assert cli.run(main, [str(GOLDEN_PKL), str(out), "--num-heads", "4"]) == 0
 
     golden = np.load(ROOT / "tests" / "golden" / "tiny_reference_outputs.npz")
     network = keras.saving.load_model(str(out))  # the architecture comes from the file (layers: `import model`)

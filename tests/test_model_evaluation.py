@@ -210,8 +210,28 @@ def test_command_line_with_the_replay_stub_writes_perfect_metrics(dataset, tmp_p
     assert set(written["per_class"]) == {str(c["id"]) for c in CATEGORIES}
 
 
+@pytest.fixture(scope="module")
+def loaded_models():
+    return {}
+
+
+@pytest.fixture
+def load_once(monkeypatch, loaded_models):
+    """test_map.py's loader, each (model file, weights file, architecture) loaded once for this module: the
+    runs of the real tiny model below differ in task and data source, not in the model."""
+    real = inference.loading.load_model
+
+    def load(config, *paths):
+        key = (*paths, json.dumps(config.to_dict()["model"], sort_keys=True))
+        if key not in loaded_models:
+            loaded_models[key] = real(config, *paths)
+        return loaded_models[key]
+
+    monkeypatch.setattr(inference.loading, "load_model", load)
+
+
 @pytest.mark.parametrize("task", ["instance", "panoptic", "semantic"])
-def test_real_tiny_model_runs_through_every_path(dataset, tmp_path, task, capsys):
+def test_real_tiny_model_runs_through_every_path(dataset, tmp_path, task, capsys, load_once):
     root, _ = dataset
     config_file = tmp_path / "tiny.json"
     small_config(task).save(str(config_file))
@@ -280,7 +300,7 @@ def test_categories_of_the_records_must_match_the_model(dataset, tmp_path):
     assert Categories.load(str(root / "both" / "categories.json")).num_classes == 5
 
 
-def test_a_truncated_image_is_evaluated_with_one_warning_naming_it(dataset, tmp_path, capsys):
+def test_a_truncated_image_is_evaluated_with_one_warning_naming_it(dataset, tmp_path, capsys, load_once):
     """test_map.py on a folder with a truncated JPEG: one `warning:` line naming the file, the metrics
     still written, exit 0 (the grey part is evaluated as read, as test.py draws it)."""
     import shutil
@@ -300,7 +320,7 @@ def test_a_truncated_image_is_evaluated_with_one_warning_naming_it(dataset, tmp_
     small_config("instance").save(str(config_file))
     output = tmp_path / "metrics.json"
     argv = ["--weights", GOLDEN_PKL, "--config", str(config_file), "--gt", str(tmp_path / "gt.json")]
-    assert cli.run(test_map.main, [*argv, "--images", str(images), "--output", str(output)]) == 0
+    assert cli.run(test_map.main, [*argv, "--images", str(images), "--output", str(output), "--set", EAGER]) == 0
     err = capsys.readouterr().err.strip()
     assert err.splitlines() == [err] and err.startswith(f"warning: {images / 'im2.jpg'} is truncated"), err
     assert set(json.loads(output.read_text())) == {"segm", "bbox"}

@@ -143,6 +143,12 @@ def narrow_config(depths, num_classes, task) -> Mask2FormerConfig:
     return config.validate()
 
 
+@pytest.fixture(scope="module")
+def r50_model():
+    """The narrow 80-class R50, shared by the tests below that only load into it or are refused."""
+    return build_model(narrow_config((3, 4, 6, 3), 80, "instance"))
+
+
 CASES = {
     "r50_instance": ((3, 4, 6, 3), 80, "instance", "R50 (res4 has 6 blocks)"),
     "r50_panoptic": ((3, 4, 6, 3), 133, "panoptic", "R50 (res4 has 6 blocks)"),
@@ -223,7 +229,7 @@ def test_converter_writes_the_architecture_it_read(tmp_path):
     assert (tmp_path / "m.keras").stat().st_size > 0
 
 
-def test_r101_file_into_an_r50_model_is_one_sentence(tmp_path):
+def test_r101_file_into_an_r50_model_is_one_sentence(tmp_path, r50_model):
     path = tmp_path / "model_final_eba159.pkl"
     write_released_pickle(path, official_shapes((3, 4, 23, 3), 80, widths=NARROW))
     r50 = narrow_config((3, 4, 6, 3), 80, "instance")
@@ -235,7 +241,7 @@ def test_r101_file_into_an_r50_model_is_one_sentence(tmp_path):
     assert "--set model.backbone_stage_blocks=[3,4,23,3]" in message
 
     with pytest.raises(CheckpointError, match=r"is R101 \(res4 has 23 blocks\), the configured model R50"):
-        load_for_finetuning(build_model(r50), str(path))  # train.init_checkpoint
+        load_for_finetuning(r50_model, str(path))  # train.init_checkpoint
 
 
 def test_full_size_mismatch_names_the_preset_to_use():
@@ -252,14 +258,13 @@ def test_full_size_mismatch_names_the_preset_to_use():
     assert architecture_mismatch(found, Mask2FormerConfig.preset("coco_panoptic_r101").model, "x") is None
 
 
-def test_unexpected_tensors_are_listed_by_group(tmp_path):
+def test_unexpected_tensors_are_listed_by_group(tmp_path, r50_model):
     from model.checkpoint import load_detectron2_state
 
     state = {n.replace("static_query", "query_feat"): np.zeros(s, np.float32) for n, s in
              official_shapes((3, 4, 23, 3), 80, widths=NARROW).items()}  # fmt: skip
-    model = build_model(narrow_config((3, 4, 6, 3), 80, "instance"))
     with pytest.raises(CheckpointError) as error:
-        load_detectron2_state(model, state)  # the Python API, without the architecture check
+        load_detectron2_state(r50_model, state)  # the Python API, without the architecture check
     message = str(error.value)
     assert "unexpected, not used (255): backbone.res4.{6..22}.* (255)" in message
     assert len(message) < 400
@@ -284,12 +289,12 @@ def test_r101_imagenet_weights_explain_how_to_make_them(tmp_path, monkeypatch):
         resolve_weights("R-101.pkl")
 
 
-def test_backbone_load_reports_once_and_consistently(tmp_path):
+def test_backbone_load_reports_once_and_consistently(tmp_path, r50_model):
     shapes = official_shapes((3, 4, 6, 3), 80, widths=NARROW)
     backbone = {n[len("backbone.") :]: s for n, s in shapes.items() if n.startswith("backbone.")}
     backbone |= {"stem.fc.weight": (1000, 256), "stem.fc.bias": (1000,)}  # torchvision's classifier, unused
     write_released_pickle(tmp_path / "R-50.pkl", backbone)
-    model = build_model(narrow_config((3, 4, 6, 3), 80, "instance"))
+    model = r50_model
     assert load_backbone(model, str(tmp_path / "R-50.pkl")) == f"backbone from {tmp_path / 'R-50.pkl'}: 265 tensors"
 
     del backbone["res5.2.conv3.norm.running_var"]

@@ -3,7 +3,9 @@
 The reference is Hugging Face `Mask2FormerForUniversalSegmentation` with random weights, whose
 weights are written as a detectron2 pickle (official names) and loaded through our public loader.
 Skips cleanly without torch.
-  - R50 (80 classes, non-trivial batch-norm statistics), input 2 x 160 x 224 (non-square).
+  - ResNet (non-trivial batch-norm statistics), input 2 x 160 x 224 (non-square): the tiny model of
+    tests/helpers.py (every architectural feature, 10 prediction sets) in the default suite, the full
+    R50 (80 classes; a minute or more per dtype on 2 cores) with -m slow.
   - Swin (HF `SwinBackbone`, which always partitions: `always_partition=True`, as the official D2
     Swin): the official Swin-T and a small Swin-L-shaped model (window 12), input 2 x 160 x 256, so
     that no stage is a multiple of the window and res5 (5 x 8) is smaller than it. The checkpoint
@@ -43,6 +45,12 @@ def _check(size, dtype, image_shape, tolerance):
     assert not failures, f"{dtype} outputs differ from the reference by more than {tolerance}: {failures}"
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_tiny_resnet_matches_reference(dtype):
+    _check("tiny", dtype, (2, 160, 224), TOLERANCE[dtype])
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_r50_matches_reference(dtype):
     _check("r50", dtype, (2, 160, 224), 1e-4)

@@ -358,20 +358,30 @@ def test_image_alone_equals_image_in_a_batch_with_a_larger_one(tiny_model_files,
         assert abs(a["score"] - b["score"]) <= 1e-5
 
 
-@pytest.mark.parametrize("mode", ["function", "xla", "eager"])
-def test_compiled_model_equals_the_model_and_compiles_once_per_shape(tiny_model_files, mode):
-    """Every mode equals the model; the cache by shape (the same code for every mode) is checked on three
-    shapes in graph and eager mode, on one shape called twice under XLA (each XLA compile takes long on a CPU)."""
+@pytest.fixture(scope="module")
+def tiny_network(tiny_model_files):
+    """The golden tiny `.keras` model, loaded once for the tests that only call it."""
     import keras
 
     import model as _  # noqa: F401 - registers the layers
+
+    return keras.saving.load_model(str(tiny_model_files / "tiny.keras"))
+
+
+@pytest.mark.parametrize("mode", ["function", "xla", "eager"])
+def test_compiled_model_equals_the_model_and_compiles_once_per_shape(tiny_network, mode):
+    """Every mode equals the model; the cache by shape (the same code for every mode) is checked on three
+    shapes in graph mode, on one shape called twice under XLA (each XLA compile takes long on a CPU) and
+    eagerly (each eager call of the model takes seconds on a CPU)."""
+    import keras
+
     from inference.predictor import CompiledModel
 
-    network = keras.saving.load_model(str(tiny_model_files / "tiny.keras"))
+    network = tiny_network
     runner = CompiledModel(network, mode)
     rng = np.random.default_rng(2)
     shapes = [(1, 64, 96, 3), (2, 64, 96, 3), (1, 64, 96, 3), (1, 96, 64, 3)]
-    if mode == "xla":
+    if mode in ("xla", "eager"):
         shapes = [(1, 64, 96, 3), (1, 64, 96, 3)]
     for shape in shapes:
         images = rng.uniform(0, 255, shape).astype(np.float32)

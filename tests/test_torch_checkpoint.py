@@ -90,7 +90,9 @@ def _microsoft_swin_state(model):
     return state
 
 
-def test_microsoft_pth_and_d2_pickle_load_without_torch(tmp_path):
+def _write_swin_files(tmp_path):
+    """A tiny Swin's backbone as Microsoft's `.pth` (zip and legacy) and as the d2 pickle:
+    (source model, state, {kind: path})."""
     source = build_model(tiny_swin_config())
     rng = np.random.default_rng(0)
     for w in source.backbone.weights:
@@ -107,8 +109,36 @@ def test_microsoft_pth_and_d2_pickle_load_without_torch(tmp_path):
     obj = torch.load(files["zip"], map_location="cpu")["model"]
     with open(files["d2"], "wb") as f:
         pickle.dump({"model": obj, "__author__": "third_party", "matching_heuristics": True}, f)
+    return source, state, files
 
-    results = _run_without_torch(files["d2"], *files.values())
+
+def _write_bad_files(tmp_path):
+    """Malicious pickles (`.pth` zip and legacy, plain pickle) and a malformed tensor: (marker, paths)."""
+    marker = tmp_path / "pwned"
+    payload = {"model": {"x": torch.zeros(2)}, "payload": _RunsCode(marker)}
+    paths = [tmp_path / "evil.pth", tmp_path / "evil_legacy.pth", tmp_path / "evil.pkl", tmp_path / "oversized.pkl"]
+    torch.save(payload, paths[0])
+    torch.save(payload, paths[1], _use_new_zipfile_serialization=False)
+    paths[2].write_bytes(pickle.dumps(payload))
+    with warnings.catch_warnings():  # TypedStorage is deprecated in torch, still what pickles of tensors use
+        warnings.simplefilter("ignore", UserWarning)
+        paths[3].write_bytes(pickle.dumps({"model": {"x": _PastItsStorage()}}))
+    return marker, paths
+
+
+@pytest.fixture(scope="module")
+def read_without_torch(tmp_path_factory):
+    """The Swin files and the bad files, all read in one fresh interpreter without torch (its start-up,
+    TensorFlow's, is most of the time): (source, state, files, marker, bad paths, results)."""
+    tmp_path = tmp_path_factory.mktemp("without_torch")
+    source, state, files = _write_swin_files(tmp_path)
+    marker, paths = _write_bad_files(tmp_path)
+    results = _run_without_torch(files["d2"], *files.values(), *paths)
+    return source, state, files, marker, paths, results
+
+
+def test_microsoft_pth_and_d2_pickle_load_without_torch(read_without_torch):
+    source, state, files, _, _, results = read_without_torch
     assert all(results[str(p)] == "read" for p in files.values()), results
     for path in files.values():
         read = np.load(str(path) + ".npz")
@@ -150,17 +180,8 @@ class _PastItsStorage:
         return (torch._utils._rebuild_tensor_v2, (torch.zeros(4).storage(), 0, (1000,), (1,), False, OrderedDict()))
 
 
-def test_malicious_and_malformed_files_are_refused_and_run_nothing(tmp_path):
-    marker = tmp_path / "pwned"
-    payload = {"model": {"x": torch.zeros(2)}, "payload": _RunsCode(marker)}
-    paths = [tmp_path / "evil.pth", tmp_path / "evil_legacy.pth", tmp_path / "evil.pkl", tmp_path / "oversized.pkl"]
-    torch.save(payload, paths[0])
-    torch.save(payload, paths[1], _use_new_zipfile_serialization=False)
-    paths[2].write_bytes(pickle.dumps(payload))
-    with warnings.catch_warnings():  # TypedStorage is deprecated in torch, still what pickles of tensors use
-        warnings.simplefilter("ignore", UserWarning)
-        paths[3].write_bytes(pickle.dumps({"model": {"x": _PastItsStorage()}}))
-    results = _run_without_torch("-", *paths)
+def test_malicious_and_malformed_files_are_refused_and_run_nothing(read_without_torch):
+    _, _, _, marker, paths, results = read_without_torch
     for path in paths[:3]:
         assert results[str(path)].startswith("UnsafeCheckpointError"), results[str(path)]
         assert "system" in results[str(path)] and path.name in results[str(path)]
