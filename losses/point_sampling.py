@@ -9,14 +9,16 @@ the reference to float32 rounding.
 Maps are read in one of two layouts, built once and read many times:
   - `pixel_major`: one row of all N map values per pixel, (B, H*W, N); every map of an image read at
     the same points (matching costs) is then a gather of whole rows (no per-map index arithmetic);
-  - `map_major`: a corner table of the maps one after another, (B, N*(H+2)*(W+2), 4): cell (y, x) holds
-    the four pixels (y, x), (y, x+1), (y+1, x), (y+1, x+1) of the map zero-padded by one pixel on top and
-    left and two on the bottom and right, so a point is one gather of its cell (not four single-pixel
-    gathers) and corners outside the map read zero (torch skips them: the same sums); each row of points
-    reads its own map (the losses of matched pairs, importance sampling).
+  - `map_major`: each row of points reads its own map (the losses of matched pairs, importance sampling).
+    Float maps become a corner table, (B, N*(H+2)*(W+2), 4): cell (y, x) holds the pixels (y, x),
+    (y, x+1), (y+1, x), (y+1, x+1) of the map zero-padded by one pixel on top and left and two on the
+    bottom and right, so a point is one gather of its cell (not four single-pixel gathers), and corners
+    outside the map read zero (torch skips them: the same sums). 8-bit maps (the target masks, 4x larger
+    than the predictions and read at 4x fewer points) stay flattened one after another, (B, N*H*W), and
+    are read pixel by pixel (a table of them costs more to build than it saves).
 Corner indices and weights are computed once per point, not per map and corner.
 8-bit masks stay 8-bit: they are read as 32-bit words (TF has no GPU gather for 8-bit types, and a
-float copy of all target masks would cost 4x their memory); a corner-table cell is one word.
+float copy of all target masks would cost 4x their memory).
 
 Also here: the importance sampling of Mask2Former's mask losses (detectron2's
 `get_uncertain_point_coords_with_randomness`), with its random draws passed in by the caller.
@@ -33,7 +35,7 @@ class Layout(NamedTuple):
     """Maps ready for point reads (see the module docstring).
 
     data: `pixel_major` (B, H*W, N) float32, or int32 words (B, H*W, ceil(N/4)) for 8-bit maps;
-        `map_major` (B, N*(H+2)*(W+2), 4) float32, or int32 words (B, N*(H+2)*(W+2)) for 8-bit maps.
+        `map_major` (B, N*(H+2)*(W+2), 4) float32 corner table, or int32 words (B, ceil(N*H*W/4)) for 8-bit maps.
     num_maps: N. size: (H, W). canvas: (Hc, Wc) >= (H, W), the zero canvas the coordinates refer to.
     bytes: True for 8-bit maps.
     """
@@ -64,18 +66,20 @@ def pixel_major(maps: tf.Tensor, canvas: tuple[int, int] | None = None) -> Layou
 
 
 def map_major(maps: tf.Tensor, canvas: tuple[int, int] | None = None) -> Layout:
-    """Corner table for reading map `rows[b, r]` at its own points. maps: (B, N, H, W) float or 8-bit."""
+    """Layout for reading map `rows[b, r]` at its own points. maps: (B, N, H, W) float or 8-bit."""
     maps, size, canvas, is_bytes = _prepare(maps, canvas)
     batch, num_maps = maps.shape[:2]
     height, width = size
     if num_maps is not None and num_maps * (height + 2) * (width + 2) >= 2**31:
         raise ValueError(f"{num_maps} masks of {height}x{width} pixels exceed int32 indexing; lower data.max_instances")
+    if is_bytes:
+        flat = tf.reshape(maps, [batch, -1])
+        flat = tf.pad(flat, [[0, 0], [0, -flat.shape[1] % 4]])
+        return Layout(tf.bitcast(tf.reshape(flat, [batch, -1, 4]), tf.int32), num_maps, size, canvas, True)
     padded = tf.pad(maps, [[0, 0], [0, 0], [1, 2], [1, 2]])
     cells = tf.stack(
         [padded[:, :, :-1, :-1], padded[:, :, :-1, 1:], padded[:, :, 1:, :-1], padded[:, :, 1:, 1:]], axis=-1
     )  # (B, N, H+2, W+2, 4): nw, ne, sw, se
-    if is_bytes:
-        return Layout(tf.reshape(tf.bitcast(cells, tf.int32), [batch, -1]), num_maps, size, canvas, True)
     return Layout(tf.reshape(cells, [batch, -1, 4]), num_maps, size, canvas, False)
 
 
@@ -145,15 +149,24 @@ def _cells(coords: tf.Tensor, size: tuple[int, int], canvas: tuple[int, int]):
     return cell_y * (width + 2) + cell_x, weights
 
 
+def _read_flat(layout: Layout, index: tf.Tensor) -> tf.Tensor:
+    """Values of an 8-bit `map_major` layout at flat pixel indices (B, ...) -> float32 (B, ...)."""
+    word = tf.gather(layout.data, index // 4, batch_dims=1)
+    little_endian = tf.bitcast(tf.constant([1, 0, 0, 0], tf.uint8), tf.int32) == 1
+    byte = tf.where(little_endian, index % 4, 3 - index % 4)
+    return tf.cast(tf.bitwise.bitwise_and(tf.bitwise.right_shift(word, 8 * byte), 0xFF), tf.float32)
+
+
 def read_rows(layout: Layout, rows: tf.Tensor, coords: tf.Tensor) -> tf.Tensor:
     """Map `rows[b, r]` of a `map_major` layout at its own points: (B, R), (B, R, P, 2) -> (B, R, P)."""
     height, width = layout.size
-    cell, weights = _cells(coords, layout.size, layout.canvas)  # (B, R, P) each
-    index = rows[:, :, None] * ((height + 2) * (width + 2)) + cell
-    corners = tf.gather(layout.data, index, batch_dims=1)  # (B, R, P, 4), or words (B, R, P)
     if layout.bytes:
-        corners = tf.cast(tf.bitcast(corners, tf.uint8), tf.float32)
-    return _weighted_sum(tf.unstack(corners, axis=-1), weights)
+        indices, weights = _corners(coords, layout.size, layout.canvas)  # (B, R, P) each
+        first = rows[:, :, None] * (height * width)
+        return _weighted_sum([_read_flat(layout, first + index) for index in indices], weights)
+    cell, weights = _cells(coords, layout.size, layout.canvas)  # (B, R, P) each
+    corners = tf.gather(layout.data, rows[:, :, None] * ((height + 2) * (width + 2)) + cell, batch_dims=1)
+    return _weighted_sum(tf.unstack(corners, axis=-1), weights)  # corners (B, R, P, 4)
 
 
 def sample_shared_points(maps: tf.Tensor, coords: tf.Tensor, canvas: tuple[int, int] | None = None) -> tf.Tensor:
