@@ -38,6 +38,9 @@ class Layout(NamedTuple):
         `map_major` (B, N*(H+2)*(W+2), 4) float32 corner table, or int32 words (B, ceil(N*H*W/4)) for 8-bit maps.
     num_maps: N. size: (H, W). canvas: (Hc, Wc) >= (H, W), the zero canvas the coordinates refer to.
     bytes: True for 8-bit maps.
+    maps: float `map_major` only, the maps (B, N*H*W) the table was built from (without their gradient):
+        gradients of reads go to them directly, not through the table (its gradient is 4 strided copies
+        of the whole maps and a segment sum of 4-wide cells, several times the reads' own cost).
     """
 
     data: tf.Tensor
@@ -45,6 +48,7 @@ class Layout(NamedTuple):
     size: tuple[int, int]
     canvas: tuple[int, int]
     bytes: bool
+    maps: tf.Tensor | None = None
 
 
 def _prepare(maps: tf.Tensor, canvas: tuple[int, int] | None):
@@ -76,11 +80,11 @@ def map_major(maps: tf.Tensor, canvas: tuple[int, int] | None = None) -> Layout:
         flat = tf.reshape(maps, [batch, -1])
         flat = tf.pad(flat, [[0, 0], [0, -flat.shape[1] % 4]])
         return Layout(tf.bitcast(tf.reshape(flat, [batch, -1, 4]), tf.int32), num_maps, size, canvas, True)
-    padded = tf.pad(maps, [[0, 0], [0, 0], [1, 2], [1, 2]])
+    padded = tf.pad(tf.stop_gradient(maps), [[0, 0], [0, 0], [1, 2], [1, 2]])
     cells = tf.stack(
         [padded[:, :, :-1, :-1], padded[:, :, :-1, 1:], padded[:, :, 1:, :-1], padded[:, :, 1:, 1:]], axis=-1
     )  # (B, N, H+2, W+2, 4): nw, ne, sw, se
-    return Layout(tf.reshape(cells, [batch, -1, 4]), num_maps, size, canvas, False)
+    return Layout(tf.reshape(cells, [batch, -1, 4]), num_maps, size, canvas, False, tf.reshape(maps, [batch, -1]))
 
 
 def _corners(coords: tf.Tensor, size: tuple[int, int], canvas: tuple[int, int]):
@@ -166,7 +170,31 @@ def read_rows(layout: Layout, rows: tf.Tensor, coords: tf.Tensor) -> tf.Tensor:
         return _weighted_sum([_read_flat(layout, first + index) for index in indices], weights)
     cell, weights = _cells(coords, layout.size, layout.canvas)  # (B, R, P) each
     corners = tf.gather(layout.data, rows[:, :, None] * ((height + 2) * (width + 2)) + cell, batch_dims=1)
-    return _weighted_sum(tf.unstack(corners, axis=-1), weights)  # corners (B, R, P, 4)
+    values = _weighted_sum(tf.unstack(corners, axis=-1), weights)  # corners (B, R, P, 4)
+    if layout.maps is None:
+        return values
+    return _with_map_gradient(values, layout, rows, tf.stop_gradient(coords))
+
+
+def _with_map_gradient(values: tf.Tensor, layout: Layout, rows: tf.Tensor, coords: tf.Tensor) -> tf.Tensor:
+    """`values` (read from the table) with the gradient of the same bilinear read of `layout.maps`."""
+    height, width = layout.size
+
+    @tf.custom_gradient
+    def read(maps):
+        def grad(upstream):  # d value / d pixel: the corner's weight, summed over the points reading it
+            indices, weights = _corners(coords, layout.size, layout.canvas)  # (B, R, P) each
+            batch, size = maps.shape[0], tf.shape(maps)[1]
+            first = rows[:, :, None] * (height * width) + (tf.range(batch) * size)[:, None, None]
+            parts = [
+                tf.math.unsorted_segment_sum(upstream * weight, first + index, batch * size)
+                for index, weight in zip(indices, weights, strict=True)
+            ]
+            return tf.reshape(tf.add_n(parts), tf.shape(maps))
+
+        return tf.identity(values), grad
+
+    return read(layout.maps)
 
 
 def sample_shared_points(maps: tf.Tensor, coords: tf.Tensor, canvas: tuple[int, int] | None = None) -> tf.Tensor:
@@ -232,7 +260,7 @@ def importance_sample_points(
     """
     num_random = num_points - num_uncertain
     layout = logits if isinstance(logits, Layout) else map_major(logits)
-    layout = layout._replace(data=tf.stop_gradient(layout.data))
+    layout = layout._replace(data=tf.stop_gradient(layout.data), maps=None)
     uncertainty = -tf.abs(read_rows(layout, rows, oversampled))  # (B, R, k*P)
     if random_points == "fresh":
         _, chosen = tf.math.top_k(uncertainty, k=num_uncertain, sorted=False)  # the set, not its order
