@@ -11,7 +11,7 @@ Keys: `loss_ce`, `loss_mask`, `loss_dice` for the final set, `loss_ce_{i}` ... f
 dice_weight * dice.
 
 Shapes: targets are padded to M slots (`valid` says which are real; the training pipeline pads each
-batch to a small bucket of its real count), random points are drawn for R = min(Q, M) rows per image,
+batch to a small bucket of its real count), each image has R = min(Q, M) rows of per-pair points,
 and the loss traces once per M. Only the matched pairs (ordered by image and query, as the reference
 orders them) are point-sampled; with `dynamic_pairs=False` all R rows are, the unmatched ones masked,
 so that the loss runs under `tf.function(jit_compile=True)` with the "tf" matcher.
