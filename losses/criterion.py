@@ -11,7 +11,7 @@ Keys: `loss_ce`, `loss_mask`, `loss_dice` for the final set, `loss_ce_{i}` ... f
 dice_weight * dice.
 
 Shapes: targets are padded to M slots (`valid` says which are real; the training pipeline pads each
-batch to a small bucket of its real count), random points are drawn for R = min(Q, M) rows per image,
+batch to a small bucket of its real count), each image has R = min(Q, M) rows of per-pair points,
 and the loss traces once per M. Only the matched pairs (ordered by image and query, as the reference
 orders them) are point-sampled; with `dynamic_pairs=False` all R rows are, the unmatched ones masked,
 so that the loss runs under `tf.function(jit_compile=True)` with the "tf" matcher.
@@ -24,7 +24,9 @@ sum them over the step's micro-batches, and all-reduce-average num_masks over re
 micro-batch losses: each term is then that micro-batch's share of the full-batch loss.
 
 Randomness: every point is drawn from `seed` with stateless ops, or passed in as `points`
-(one `SetPoints` per prediction set, final set first), e.g. to reproduce a reference run.
+(one `SetPoints` per prediction set, final set first), e.g. to reproduce a reference run. The per-pair
+points (importance sampling's candidates and random share, 12x the matching points) are drawn after
+matching, for the matched pairs only, from per-image seeds.
 """
 
 from __future__ import annotations
@@ -45,11 +47,27 @@ class SetPoints(NamedTuple):
     oversampled: (B, R, k*P, 2) uniform candidates for importance sampling, one row per matched pair.
     random: (B, R, P - int(ratio*P), 2) uniform points ("fresh") or (B, R, k*P - int(ratio*P)) keys
         ("oversampled"); see `importance_sample_points`.
+    `oversampled` and `random` may instead be (B, 2) int32 per-image seeds (what `draw_points` gives):
+    row r of image b is then row r of `tf.random.stateless_uniform([R, ...], seed[b])` (a stateless draw's
+    first rows do not depend on how many rows are drawn), and only the matched rows are drawn.
     """
 
     match: tf.Tensor
     oversampled: tf.Tensor
     random: tf.Tensor
+
+
+def _draw_rows(seeds: tf.Tensor, counts, shape: list[int]) -> tf.Tensor:
+    """Rows 0 .. counts[b] - 1 of each image's stateless draw, images one after another.
+
+    seeds: (B, 2) int32. counts: B row counts (ints or int32 scalars). shape: the shape of one row.
+    Returns (sum(counts), *shape) float32 uniform in [0, 1).
+    """
+    draws = [
+        tf.random.stateless_uniform([count, *shape] if isinstance(count, int) else tf.stack([count, *shape]), seeds[b])
+        for b, count in enumerate(counts)
+    ]
+    return tf.concat(draws, axis=0)
 
 
 class SetCriterion:
@@ -114,22 +132,39 @@ class SetCriterion:
         self.num_uncertain = int(importance_sample_ratio * num_points)
 
     # ------------------------------------------------------------------------------- randomness
-    def draw_points(self, seed: tf.Tensor, batch_size: int, num_rows: int, num_sets: int) -> list[SetPoints]:
-        """Stateless uniform draws for `num_sets` prediction sets from one (2,) int32 seed."""
-        seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int32), num=3 * num_sets)
+    def _row_shapes(self) -> tuple[list[int], list[int]]:
+        """The shape of one row of `SetPoints.oversampled` and of `SetPoints.random`."""
         if self.random_points == "fresh":
-            random_shape = [batch_size, num_rows, self.num_points - self.num_uncertain, 2]
-        else:
-            random_shape = [batch_size, num_rows, self.num_oversampled - self.num_uncertain]
-        uniform = tf.random.stateless_uniform
+            return [self.num_oversampled, 2], [self.num_points - self.num_uncertain, 2]
+        return [self.num_oversampled, 2], [self.num_oversampled - self.num_uncertain]
+
+    def draw_points(self, seed: tf.Tensor, batch_size: int, num_rows: int, num_sets: int) -> list[SetPoints]:
+        """Stateless uniform draws for `num_sets` prediction sets from one (2,) int32 seed.
+
+        The matching points are drawn; `oversampled` and `random` are left as (B, 2) per-image seeds, drawn
+        for the matched pairs only (see `SetPoints`; `materialize` draws all `num_rows` rows)."""
+        del num_rows  # the per-row draws are made after matching
+        seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int32), num=3 * num_sets)
+        split = tf.random.experimental.stateless_split
         return [
             SetPoints(
-                match=uniform([batch_size, self.num_points, 2], seeds[3 * s]),
-                oversampled=uniform([batch_size, num_rows, self.num_oversampled, 2], seeds[3 * s + 1]),
-                random=uniform(random_shape, seeds[3 * s + 2]),
+                match=tf.random.stateless_uniform([batch_size, self.num_points, 2], seeds[3 * s]),
+                oversampled=split(seeds[3 * s + 1], batch_size),
+                random=split(seeds[3 * s + 2], batch_size),
             )
             for s in range(num_sets)
         ]
+
+    def materialize(self, points: list[SetPoints], num_rows: int) -> list[SetPoints]:
+        """`points` with every per-image seed replaced by its draw of `num_rows` rows, (B, R, ...)."""
+        shapes = self._row_shapes()
+
+        def rows(field, shape):
+            if field.shape.rank != 2:
+                return field
+            return tf.reshape(_draw_rows(field, [num_rows] * field.shape[0], shape), [field.shape[0], num_rows, *shape])
+
+        return [SetPoints(p.match, *(rows(f, shape) for f, shape in zip(p[1:], shapes, strict=True))) for p in points]
 
     # ------------------------------------------------------------------------------ normalisers
     def local_normalizers(self, valid: tf.Tensor, num_queries: int) -> dict[str, tf.Tensor]:
@@ -177,7 +212,7 @@ class SetCriterion:
         target_maps: `map_major` layout of all target masks as one image, (1, B*M, H, W)."""
         batch, num_queries = query_target.shape
         num_slots = target_maps.num_maps // batch
-        num_rows = points.oversampled.shape[1]
+        num_rows = min(num_queries, num_slots)
         matched = query_target >= 0
         # Matched queries first, in query order: (B, Q) -> (B, R).
         query = tf.argsort(tf.cast(~matched, tf.int32), axis=1, stable=True)[:, :num_rows]
@@ -194,11 +229,18 @@ class SetCriterion:
         pred = tf.gather_nd(tf.cast(pred_masks, tf.float32), tf.stack([image, tf.gather_nd(query, pairs)], -1))
         pred_maps = map_major(pred[None])  # (1, N, h, w)
         rows = tf.range(tf.shape(pairs)[0])[None]  # (1, N)
+        if points.oversampled.shape.rank == 2:  # per-image seeds: draw the rows of the pairs only
+            counts = tf.unstack(tf.reduce_sum(tf.cast(pair_valid, tf.int32), 1)) if keep is None else [num_rows] * batch
+            oversampled, random = (
+                _draw_rows(seeds, counts, shape) for seeds, shape in zip(points[1:], self._row_shapes(), strict=True)
+            )
+        else:
+            oversampled, random = tf.gather_nd(points.oversampled, pairs), tf.gather_nd(points.random, pairs)
         coords = importance_sample_points(
             pred_maps,
             rows,
-            tf.gather_nd(points.oversampled, pairs)[None],
-            tf.gather_nd(points.random, pairs)[None],
+            oversampled[None],
+            random[None],
             self.num_points,
             self.num_uncertain,
             self.random_points,

@@ -31,17 +31,18 @@ def pairwise_costs(pred: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Te
     """Mean BCE-with-logits and dice of sigmoid(pred) for every pair: (B, P, Q), (B, P, M) -> 2 x (B, Q, M).
 
     The official matcher's BCE is two matmuls (softplus(-x) against t, softplus(x) against 1 - t);
-    as softplus(-x) = softplus(x) - x it is sum_p softplus(x) - x^T t, and x^T t and sigmoid(x)^T t
-    (dice) are one matmul."""
+    as softplus(-x) = softplus(x) - x it is sum_p softplus(x) - x^T t. The products are taken as
+    t^T x and t^T sigmoid(x), (B, M, Q): with the few targets on the left the matmuls read the
+    (B, P, Q) operands in their layout (no transposed or concatenated copy of them)."""
     num_points = tf.cast(tf.shape(pred)[1], pred.dtype)
-    num_queries = pred.shape[2]
     prob = tf.sigmoid(pred)
-    products = tf.matmul(tf.concat([pred, prob], axis=2), target, transpose_a=True)  # (B, 2Q, M)
+    logit_products = tf.matmul(target, pred, transpose_a=True)  # (B, M, Q)
+    prob_products = tf.matmul(target, prob, transpose_a=True)
     negative = tf.reduce_sum(tf.nn.softplus(pred), axis=1)  # (B, Q)
-    sigmoid_ce = (negative[:, :, None] - products[:, :num_queries]) / num_points
-    denominator = tf.reduce_sum(prob, 1)[:, :, None] + tf.reduce_sum(target, 1)[:, None, :]
-    dice = 1.0 - (2.0 * products[:, num_queries:] + 1.0) / (denominator + 1.0)
-    return sigmoid_ce, dice
+    sigmoid_ce = (negative[:, None, :] - logit_products) / num_points
+    denominator = tf.reduce_sum(prob, 1)[:, None, :] + tf.reduce_sum(target, 1)[:, :, None]
+    dice = 1.0 - (2.0 * prob_products + 1.0) / (denominator + 1.0)
+    return tf.transpose(sigmoid_ce, [0, 2, 1]), tf.transpose(dice, [0, 2, 1])
 
 
 # ------------------------------------------------------------------------------ assignment: scipy

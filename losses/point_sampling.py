@@ -9,8 +9,13 @@ the reference to float32 rounding.
 Maps are read in one of two layouts, built once and read many times:
   - `pixel_major`: one row of all N map values per pixel, (B, H*W, N); every map of an image read at
     the same points (matching costs) is then a gather of whole rows (no per-map index arithmetic);
-  - `map_major`: the maps flattened one after another, (B, N*H*W); each row of points reads its own
-    map (the losses of matched pairs).
+  - `map_major`: each row of points reads its own map (the losses of matched pairs, importance sampling).
+    Float maps become a corner table, (B, N*(H+2)*(W+2), 4): cell (y, x) holds the pixels (y, x),
+    (y, x+1), (y+1, x), (y+1, x+1) of the map zero-padded by one pixel on top and left and two on the
+    bottom and right, so a point is one gather of its cell (not four single-pixel gathers), and corners
+    outside the map read zero (torch skips them: the same sums). 8-bit maps (the target masks, 4x larger
+    than the predictions and read at 4x fewer points) stay flattened one after another, (B, N*H*W), and
+    are read pixel by pixel (a table of them costs more to build than it saves).
 Corner indices and weights are computed once per point, not per map and corner.
 8-bit masks stay 8-bit: they are read as 32-bit words (TF has no GPU gather for 8-bit types, and a
 float copy of all target masks would cost 4x their memory).
@@ -30,9 +35,12 @@ class Layout(NamedTuple):
     """Maps ready for point reads (see the module docstring).
 
     data: `pixel_major` (B, H*W, N) float32, or int32 words (B, H*W, ceil(N/4)) for 8-bit maps;
-        `map_major` (B, N*H*W) float32, or int32 words (B, ceil(N*H*W/4)) for 8-bit maps.
+        `map_major` (B, N*(H+2)*(W+2), 4) float32 corner table, or int32 words (B, ceil(N*H*W/4)) for 8-bit maps.
     num_maps: N. size: (H, W). canvas: (Hc, Wc) >= (H, W), the zero canvas the coordinates refer to.
     bytes: True for 8-bit maps.
+    maps: float `map_major` only, the maps (B, N*H*W) the table was built from (without their gradient):
+        gradients of reads go to them directly, not through the table (its gradient is 4 strided copies
+        of the whole maps and a segment sum of 4-wide cells, several times the reads' own cost).
     """
 
     data: tf.Tensor
@@ -40,6 +48,7 @@ class Layout(NamedTuple):
     size: tuple[int, int]
     canvas: tuple[int, int]
     bytes: bool
+    maps: tf.Tensor | None = None
 
 
 def _prepare(maps: tf.Tensor, canvas: tuple[int, int] | None):
@@ -64,13 +73,18 @@ def map_major(maps: tf.Tensor, canvas: tuple[int, int] | None = None) -> Layout:
     """Layout for reading map `rows[b, r]` at its own points. maps: (B, N, H, W) float or 8-bit."""
     maps, size, canvas, is_bytes = _prepare(maps, canvas)
     batch, num_maps = maps.shape[:2]
-    flat = tf.reshape(maps, [batch, -1])
-    if flat.shape[1] is not None and flat.shape[1] >= 2**31:
-        raise ValueError(f"{flat.shape[1]} mask pixels per image exceed int32 indexing; lower data.max_instances")
+    height, width = size
+    if num_maps is not None and num_maps * (height + 2) * (width + 2) >= 2**31:
+        raise ValueError(f"{num_maps} masks of {height}x{width} pixels exceed int32 indexing; lower data.max_instances")
     if is_bytes:
+        flat = tf.reshape(maps, [batch, -1])
         flat = tf.pad(flat, [[0, 0], [0, -flat.shape[1] % 4]])
-        flat = tf.bitcast(tf.reshape(flat, [batch, -1, 4]), tf.int32)  # (B, ceil(N * H * W / 4))
-    return Layout(flat, num_maps, size, canvas, is_bytes)
+        return Layout(tf.bitcast(tf.reshape(flat, [batch, -1, 4]), tf.int32), num_maps, size, canvas, True)
+    padded = tf.pad(tf.stop_gradient(maps), [[0, 0], [0, 0], [1, 2], [1, 2]])
+    cells = tf.stack(
+        [padded[:, :, :-1, :-1], padded[:, :, :-1, 1:], padded[:, :, 1:, :-1], padded[:, :, 1:, 1:]], axis=-1
+    )  # (B, N, H+2, W+2, 4): nw, ne, sw, se
+    return Layout(tf.reshape(cells, [batch, -1, 4]), num_maps, size, canvas, False, tf.reshape(maps, [batch, -1]))
 
 
 def _corners(coords: tf.Tensor, size: tuple[int, int], canvas: tuple[int, int]):
@@ -120,10 +134,27 @@ def read_shared(layout: Layout, coords: tf.Tensor) -> tf.Tensor:
     return _weighted_sum(values, [w[:, :, None] for w in weights])
 
 
+def _cells(coords: tf.Tensor, size: tuple[int, int], canvas: tuple[int, int]):
+    """Corner-table cell index (..., P) and bilinear weights of the nw, ne, sw, se corners (see `map_major`).
+
+    Weights follow torch's kernel; corners outside the map read zero from the table."""
+    height, width = size
+    canvas_h, canvas_w = canvas
+    grid = 2.0 * coords - 1.0
+    ix = ((grid[..., 0] + 1.0) * canvas_w - 1.0) / 2.0
+    iy = ((grid[..., 1] + 1.0) * canvas_h - 1.0) / 2.0
+    x0 = tf.floor(ix)
+    y0 = tf.floor(iy)
+    x1 = x0 + 1.0
+    y1 = y0 + 1.0
+    weights = ((x1 - ix) * (y1 - iy), (ix - x0) * (y1 - iy), (x1 - ix) * (iy - y0), (ix - x0) * (iy - y0))
+    cell_x = tf.cast(tf.clip_by_value(x0, -1.0, float(width)), tf.int32) + 1
+    cell_y = tf.cast(tf.clip_by_value(y0, -1.0, float(height)), tf.int32) + 1
+    return cell_y * (width + 2) + cell_x, weights
+
+
 def _read_flat(layout: Layout, index: tf.Tensor) -> tf.Tensor:
-    """Values of a `map_major` layout at flat indices (B, ...) -> float32 (B, ...)."""
-    if not layout.bytes:
-        return tf.gather(layout.data, index, batch_dims=1)
+    """Values of an 8-bit `map_major` layout at flat pixel indices (B, ...) -> float32 (B, ...)."""
     word = tf.gather(layout.data, index // 4, batch_dims=1)
     little_endian = tf.bitcast(tf.constant([1, 0, 0, 0], tf.uint8), tf.int32) == 1
     byte = tf.where(little_endian, index % 4, 3 - index % 4)
@@ -132,9 +163,38 @@ def _read_flat(layout: Layout, index: tf.Tensor) -> tf.Tensor:
 
 def read_rows(layout: Layout, rows: tf.Tensor, coords: tf.Tensor) -> tf.Tensor:
     """Map `rows[b, r]` of a `map_major` layout at its own points: (B, R), (B, R, P, 2) -> (B, R, P)."""
-    indices, weights = _corners(coords, layout.size, layout.canvas)  # (B, R, P) each
-    first = rows[:, :, None] * (layout.size[0] * layout.size[1])
-    return _weighted_sum([_read_flat(layout, first + index) for index in indices], weights)
+    height, width = layout.size
+    if layout.bytes:
+        indices, weights = _corners(coords, layout.size, layout.canvas)  # (B, R, P) each
+        first = rows[:, :, None] * (height * width)
+        return _weighted_sum([_read_flat(layout, first + index) for index in indices], weights)
+    cell, weights = _cells(coords, layout.size, layout.canvas)  # (B, R, P) each
+    corners = tf.gather(layout.data, rows[:, :, None] * ((height + 2) * (width + 2)) + cell, batch_dims=1)
+    values = _weighted_sum(tf.unstack(corners, axis=-1), weights)  # corners (B, R, P, 4)
+    if layout.maps is None:
+        return values
+    return _with_map_gradient(values, layout, rows, tf.stop_gradient(coords))
+
+
+def _with_map_gradient(values: tf.Tensor, layout: Layout, rows: tf.Tensor, coords: tf.Tensor) -> tf.Tensor:
+    """`values` (read from the table) with the gradient of the same bilinear read of `layout.maps`."""
+    height, width = layout.size
+
+    @tf.custom_gradient
+    def read(maps):
+        def grad(upstream):  # d value / d pixel: the corner's weight, summed over the points reading it
+            indices, weights = _corners(coords, layout.size, layout.canvas)  # (B, R, P) each
+            batch, size = maps.shape[0], tf.shape(maps)[1]
+            first = rows[:, :, None] * (height * width) + (tf.range(batch) * size)[:, None, None]
+            parts = [
+                tf.math.unsorted_segment_sum(upstream * weight, first + index, batch * size)
+                for index, weight in zip(indices, weights, strict=True)
+            ]
+            return tf.reshape(tf.add_n(parts), tf.shape(maps))
+
+        return tf.identity(values), grad
+
+    return read(layout.maps)
 
 
 def sample_shared_points(maps: tf.Tensor, coords: tf.Tensor, canvas: tuple[int, int] | None = None) -> tf.Tensor:
@@ -200,7 +260,7 @@ def importance_sample_points(
     """
     num_random = num_points - num_uncertain
     layout = logits if isinstance(logits, Layout) else map_major(logits)
-    layout = layout._replace(data=tf.stop_gradient(layout.data))
+    layout = layout._replace(data=tf.stop_gradient(layout.data), maps=None)
     uncertainty = -tf.abs(read_rows(layout, rows, oversampled))  # (B, R, k*P)
     if random_points == "fresh":
         _, chosen = tf.math.top_k(uncertainty, k=num_uncertain, sorted=False)  # the set, not its order

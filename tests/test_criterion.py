@@ -46,10 +46,8 @@ def make_problem(instances_per_image, target_size=(32, 32), seed=0, num_slots=NU
 
 def make_points(criterion, batch, seed=1, num_slots=NUM_SLOTS):
     rows = min(NUM_QUERIES, num_slots)
-    return [
-        SetPoints(*(np.asarray(t) for t in p))
-        for p in criterion.draw_points(tf.constant([seed, 0]), batch, rows, NUM_SETS)
-    ]
+    drawn = criterion.materialize(criterion.draw_points(tf.constant([seed, 0]), batch, rows, NUM_SETS), rows)
+    return [SetPoints(*(np.asarray(t) for t in p)) for p in drawn]
 
 
 def make_criterion(backend="tf"):
@@ -148,6 +146,21 @@ def test_more_targets_than_queries_equals_transformers(monkeypatch):
     points = make_points(criterion, batch=2, seed=13, num_slots=16)
     ours = criterion(*to_tf(outputs, targets), points=[SetPoints(*map(tf.constant, p)) for p in points])
     assert_equal_to_reference(ours, reference_losses(outputs, targets, points, monkeypatch))
+
+
+def test_per_image_seeds_draw_the_materialized_rows_of_the_matched_pairs():
+    """Drawing only the matched pairs' rows from per-image seeds gives the losses of all rows drawn up front,
+    on the dynamic and the static (XLA) path."""
+    outputs, targets = to_tf(*make_problem([2, 6], seed=14))
+    for dynamic_pairs in (True, False):
+        criterion = SetCriterion(NUM_CLASSES, HungarianMatcher(), num_points=NUM_POINTS, dynamic_pairs=dynamic_pairs)
+        lazy = criterion.draw_points(tf.constant([8, 9]), 2, NUM_SLOTS, NUM_SETS)
+        assert lazy[0].oversampled.shape == (2, 2) and lazy[0].match.shape == (2, NUM_POINTS, 2)
+        drawn = criterion.materialize(lazy, NUM_SLOTS)
+        assert drawn[0].oversampled.shape == (2, NUM_SLOTS, 3 * NUM_POINTS, 2)
+        from_seeds, from_draws = criterion(outputs, targets, points=lazy), criterion(outputs, targets, points=drawn)
+        for key, value in from_draws.items():
+            assert float(from_seeds[key]) == float(value), key
 
 
 def test_no_instances_at_all():

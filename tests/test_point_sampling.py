@@ -36,6 +36,28 @@ def test_shared_and_per_row_sampling_equal_grid_sample():
     np.testing.assert_allclose(actual, expected, atol=1e-6)
 
 
+def test_per_row_sampling_gradient_equals_grid_sample_backward():
+    """The gradient reaches the maps directly (not through the corner table), as torch's backward computes it."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    maps = rng.normal(size=(2, 3, 7, 5)).astype(np.float32)
+    rows = np.array([[2, 0, 2], [1, 1, 0]], np.int32)
+    coords = random_coords(rng, (2, 3, 40))
+    upstream = rng.normal(size=(2, 3, 40)).astype(np.float32)
+    source = tf.constant(maps)
+    with tf.GradientTape() as tape:
+        tape.watch(source)
+        loss = tf.reduce_sum(sample_points_per_row(source, tf.constant(rows), tf.constant(coords)) * upstream)
+    ours = tape.gradient(loss, source).numpy()
+    reference = torch.from_numpy(maps).requires_grad_()
+    selected = torch.stack([reference[b, torch.from_numpy(rows[b]).long()] for b in range(2)]).reshape(6, 1, 7, 5)
+    grid = 2.0 * torch.from_numpy(coords).reshape(6, 40, 1, 2) - 1.0
+    sampled = torch.nn.functional.grid_sample(selected, grid, align_corners=False)[:, 0, :, 0]
+    (sampled * torch.from_numpy(upstream).reshape(6, 40)).sum().backward()
+    np.testing.assert_allclose(ours, reference.grad.numpy(), atol=1e-5)
+    assert np.any(ours[:, :, 0, 0]) and not np.any(ours[0, 1])  # border pixels get their share; map 1 is unread
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, bool], ids=["uint8", "bool"])
 def test_canvas_equals_zero_padding_and_masks_equal_float(dtype):
     """Odd sizes (3 * 30 * 27 pixels is no multiple of 4) exercise the word-wise reading of 8-bit masks."""
