@@ -4,6 +4,7 @@ Same computation as the official CUDA kernel / PyTorch `ms_deform_attn_core_pyto
 sampling with grid_sample semantics (align_corners=False, zero padding outside the map).
 """
 
+import functools
 import math
 
 import keras
@@ -154,7 +155,8 @@ class MultiScaleDeformableAttention(keras.layers.Layer):
         )  # (B, Lq, heads, levels, P, 2), offsets in pixels of their level
         value = ops.reshape(value, (batch, -1, heads, head_dim))
         if training:  # recomputed in the backward pass; one gather: one scatter in the backward pass
-            output = keras.remat(deformable_sample)(value, spatial_shapes, locations, weights, one_gather=True)
+            sample = keras.remat(functools.partial(deformable_sample, one_gather=True))  # no keywords in graphs
+            output = sample(value, spatial_shapes, locations, weights)
         else:
             output = deformable_sample(value, spatial_shapes, locations, weights)  # (B, Lq, heads, head_dim)
         output = ops.reshape(output, (batch, num_queries, self.hidden_dim))

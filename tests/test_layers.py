@@ -210,6 +210,7 @@ def test_deformable_attention_training_recomputes_the_sampling_with_the_same_gra
     for w in layer.weights:
         w.assign(rng.normal(0, 0.5, w.shape))
 
+    @tf.function  # in a graph, as the training step runs it
     def output_and_gradients(training):
         with tf.GradientTape() as tape:
             tape.watch(query)
@@ -217,5 +218,6 @@ def test_deformable_attention_training_recomputes_the_sampling_with_the_same_gra
             loss = tf.reduce_sum(out * tf.sin(out))
         return [out, *tape.gradient(loss, [query, *layer.trainable_weights])]
 
-    for kept, recomputed in zip(output_and_gradients(False), output_and_gradients(True), strict=True):
+    kept_and_recomputed = zip(output_and_gradients(False), output_and_gradients(True), strict=True)
+    for kept, recomputed in kept_and_recomputed:
         np.testing.assert_allclose(recomputed.numpy(), kept.numpy(), rtol=1e-12, atol=1e-12)
