@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
-from bench_criterion import make_predictions, make_targets, reference_fn  # noqa: E402
+from bench_criterion import make_predictions, make_targets, ours_fn, reference_fn  # noqa: E402
 from harness import machine, set_threads  # noqa: E402  (sets OMP_WAIT_POLICY before torch)
 
 FILES = ("__init__", "criterion", "matcher", "point_sampling")
@@ -45,31 +45,6 @@ def load_revision(rev: str, folder: str):
     return importlib.import_module("losses_at_rev")
 
 
-def ours_fn(module, predictions, targets, num_points):
-    import tensorflow as tf
-
-    from config import Mask2FormerConfig
-
-    config = Mask2FormerConfig()
-    config.loss.num_points = num_points
-    criterion = module.build_criterion(config)
-    variables = [tf.Variable(p[k]) for p in predictions for k in ("pred_logits", "pred_masks")]
-    targets = {k: tf.constant(v) for k, v in targets.items()}
-
-    @tf.function
-    def step(seed):
-        with tf.GradientTape() as tape:
-            sets = [
-                {"pred_logits": variables[2 * i], "pred_masks": variables[2 * i + 1]} for i in range(len(predictions))
-            ]
-            total = criterion(dict(sets[-1], aux_outputs=sets[:-1]), targets, seed=seed)["loss_total"]
-        grads = tape.gradient(total, variables)
-        return total, tf.add_n([tf.reduce_sum(g) for g in grads])
-
-    counter = iter(range(10**9))
-    return lambda: float(step(tf.constant([next(counter), 0]))[0])
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rev", required=True, help="git revision whose losses/ to compare against")
@@ -85,8 +60,8 @@ def main():
     predictions = make_predictions(rng, 2, 100, 512, 10)
     with tempfile.TemporaryDirectory() as folder:
         runs = {
-            args.rev: ours_fn(load_revision(args.rev, folder), predictions, targets, args.num_points),
-            "this checkout": ours_fn(losses, predictions, targets, args.num_points),
+            args.rev: ours_fn(predictions, targets, args.num_points, load_revision(args.rev, folder)),
+            "this checkout": ours_fn(predictions, targets, args.num_points, losses),
             "reference": reference_fn(predictions, targets, args.num_points),
         }
         wall, cpu = ({name: [] for name in runs} for _ in range(2))

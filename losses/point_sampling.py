@@ -87,6 +87,18 @@ def map_major(maps: tf.Tensor, canvas: tuple[int, int] | None = None) -> Layout:
     return Layout(tf.reshape(cells, [batch, -1, 4]), num_maps, size, canvas, False, tf.reshape(maps, [batch, -1]))
 
 
+def _pixel_coords(coords: tf.Tensor, canvas: tuple[int, int]):
+    """grid_sample's pixel coordinates ix, iy (align_corners=False) of (x, y) points in [0, 1] on `canvas`,
+    and their corners x0 = floor(ix), y0, x1 = x0 + 1, y1, each (..., P) float32."""
+    canvas_h, canvas_w = canvas
+    grid = 2.0 * coords - 1.0
+    ix = ((grid[..., 0] + 1.0) * canvas_w - 1.0) / 2.0
+    iy = ((grid[..., 1] + 1.0) * canvas_h - 1.0) / 2.0
+    x0 = tf.floor(ix)
+    y0 = tf.floor(iy)
+    return ix, iy, x0, y0, x0 + 1.0, y0 + 1.0
+
+
 def _corners(coords: tf.Tensor, size: tuple[int, int], canvas: tuple[int, int]):
     """Flat pixel indices and bilinear weights of the nw, ne, sw, se corners, each (..., P).
 
@@ -94,14 +106,7 @@ def _corners(coords: tf.Tensor, size: tuple[int, int], canvas: tuple[int, int]):
     clamped index; products and sums follow torch's kernel.
     """
     height, width = size
-    canvas_h, canvas_w = canvas
-    grid = 2.0 * coords - 1.0
-    ix = ((grid[..., 0] + 1.0) * canvas_w - 1.0) / 2.0
-    iy = ((grid[..., 1] + 1.0) * canvas_h - 1.0) / 2.0
-    x0 = tf.floor(ix)
-    y0 = tf.floor(iy)
-    x1 = x0 + 1.0
-    y1 = y0 + 1.0
+    ix, iy, x0, y0, x1, y1 = _pixel_coords(coords, canvas)
     in_x0, in_x1 = (x0 >= 0) & (x0 <= width - 1), (x1 >= 0) & (x1 <= width - 1)
     in_y0, in_y1 = (y0 >= 0) & (y0 <= height - 1), (y1 >= 0) & (y1 <= height - 1)
     weights = (
@@ -139,14 +144,7 @@ def _cells(coords: tf.Tensor, size: tuple[int, int], canvas: tuple[int, int]):
 
     Weights follow torch's kernel; corners outside the map read zero from the table."""
     height, width = size
-    canvas_h, canvas_w = canvas
-    grid = 2.0 * coords - 1.0
-    ix = ((grid[..., 0] + 1.0) * canvas_w - 1.0) / 2.0
-    iy = ((grid[..., 1] + 1.0) * canvas_h - 1.0) / 2.0
-    x0 = tf.floor(ix)
-    y0 = tf.floor(iy)
-    x1 = x0 + 1.0
-    y1 = y0 + 1.0
+    ix, iy, x0, y0, x1, y1 = _pixel_coords(coords, canvas)
     weights = ((x1 - ix) * (y1 - iy), (ix - x0) * (y1 - iy), (x1 - ix) * (iy - y0), (ix - x0) * (iy - y0))
     cell_x = tf.cast(tf.clip_by_value(x0, -1.0, float(width)), tf.int32) + 1
     cell_y = tf.cast(tf.clip_by_value(y0, -1.0, float(height)), tf.int32) + 1
