@@ -63,8 +63,21 @@ def deformable_sample(value, spatial_shapes, locations, weights, one_gather=Fals
     output = 0.0
     for index, corner in zip(indices, corner_weights, strict=True):
         gathered = ops.take(table, ops.reshape(index, (-1,)), axis=0)  # (rows * samples, D)
-        output = output + ops.matmul(corner, ops.reshape(gathered, (rows, -1, head_dim)))  # (rows, 1, D)
+        output = output + _weighted_sum(corner, ops.reshape(gathered, (rows, -1, head_dim)))  # (rows, 1, D)
     return ops.reshape(output, (result_shape[0], result_shape[1], heads, head_dim))
+
+
+def _weighted_sum(weights, samples):
+    """(R, 1, S) weights x (R, S, D) samples -> (R, 1, D), in the form each backend runs fastest.
+
+    TensorFlow's kernels: one batched matmul beats a broadcast product and sum (bench/NOTES.md, training
+    attempt 17). JAX: the product and sum, which XLA can fuse with the gather; the R50 call on an H100
+    took 19.5 ms with it and 28.6 ms with the matmul (two sessions, not yet A/B'd in one process:
+    inference attempt 10, `bench/gpu_weighted_sum.py`).
+    """
+    if keras.backend.backend() == "jax":
+        return ops.sum(ops.swapaxes(weights, 1, 2) * samples, axis=1, keepdims=True)
+    return ops.matmul(weights, samples)
 
 
 def bilinear_sample(values, height, width, locations):
