@@ -11,12 +11,17 @@ Skips cleanly without torch.
     that no stage is a multiple of the window and res5 (5 x 8) is smaller than it. The checkpoint
     also carries noise in the fixed `relative_position_index` buffers, which must not be loaded.
 
-In float32 an attention-mask logit that sits within rounding error of the 0.5 threshold could flip
-a bit and move every later layer; `attention_mask_flips` counts such bits. The comparison holds
-within the tolerance up to the first flip in float32 and everywhere in float64. (HF's Swin computes
-its attention softmax in float32 even in a float64 model, hence float64 agreement near 1e-8, not 1e-12.)
+In float32 a mask logit within rounding error of 0 can fall on either side of the sigmoid-0.5
+threshold (Swin-T: one logit, -4.3e-7 in the reference on 2 threads, +1.5e-7 on 1 thread, -6e-8 in ours,
+which float32 sigmoid rounds to exactly 0.5), and the flipped attention-mask bit moves every later layer
+by up to 3e-3. So the reference attends with our attention masks, and the test checks that every bit
+where its own mask (from its own logits, as its forward pass computes it) differs from ours is such a
+logit: |logit| <= FLIP_LOGIT on both sides, and no bit at all in float64. Every output is then compared.
+(HF's Swin computes its attention softmax in float32 even in a float64 model, hence float64 agreement
+near 1e-8, not 1e-12.)
 """
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
@@ -26,6 +31,7 @@ from tools.hf_reference import compare, keras_config  # noqa: E402
 
 TOLERANCE = {"float32": 1e-4, "float64": 1e-6}
 SWIN_IMAGES = (2, 160, 256)
+FLIP_LOGIT = 1e-5  # a float32 flip sits within the logits' parity (~7e-6) of 0
 
 
 def _check(size, dtype, image_shape, tolerance):
@@ -33,13 +39,13 @@ def _check(size, dtype, image_shape, tolerance):
     names = [name for name, *_ in rows]
     sets = keras_config(size).model.num_decoder_layers + 1
     assert len(names) == 4 + 3 + 1 + 2 * sets, names  # backbone, multi-scale, mask features, predictions
-    first_flip = next((i for i, count in enumerate(flips) if count), None)
+    counts = [len(bits) for bits in flips]
     if dtype == "float64":
-        assert first_flip is None, f"float64 flipped attention-mask bits: {flips}"
-    if first_flip is not None:  # only outputs computed before the flipped layer must agree
-        print(f"{size} {dtype}: attention-mask bits flipped per layer {flips}")
-        later = {f"aux_{i}_" for i in range(first_flip + 1, sets - 1)} | {"pred_"}
-        rows = [row for row in rows if not any(row[0].startswith(p) for p in later)]
+        assert not any(counts), f"float64 flipped attention-mask bits per layer: {counts}"
+    if any(counts):
+        largest = float(np.abs(np.concatenate(flips)).max())
+        print(f"{size} {dtype}: attention-mask bits flipped per layer {counts}, largest |logit| {largest:.1e}")
+        assert largest <= FLIP_LOGIT, f"attention masks differ away from the threshold: {counts}, |logit| {largest}"
     print(f"{size} {dtype}: max difference {max(diff for _, _, diff, _ in rows):.2e} over {len(rows)} outputs")
     failures = [f"{name} {shape}: {diff:.2e}" for name, shape, diff, _ in rows if not diff <= tolerance]
     assert not failures, f"{dtype} outputs differ from the reference by more than {tolerance}: {failures}"

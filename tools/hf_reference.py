@@ -179,13 +179,31 @@ def reference_train_step(hf, images, mask_labels, class_labels, learning_rate=1e
     return step
 
 
-def run_reference(hf, images) -> dict[str, np.ndarray]:
-    """Every compared output of the reference, channels-last where it is a map."""
+def run_reference(hf, images, allowed_masks=None) -> dict[str, np.ndarray]:
+    """Every compared output of the reference, channels-last where it is a map.
+
+    allowed_masks: optional, per decoder layer the (B, Q, h * w) bool mask it attends with (True = may
+    attend) in place of the reference's own, e.g. ours from `attention_masks(run_ours(...), "ours")`.
+    """
     import torch
 
     x = normalize(images).to(next(hf.parameters()).dtype)
-    with torch.no_grad():
-        out = hf(pixel_values=x, output_hidden_states=True, output_auxiliary_logits=True)
+    predictor = hf.model.transformer_module.decoder.mask_predictor
+    fed = iter(allowed_masks or [])
+
+    def feed(module, args, output):  # the predictor's (mask logits, (B * heads, Q, h * w) True = masked)
+        allowed = next(fed, None)  # its last call makes the final set's mask, used by no layer
+        if allowed is None:
+            return output
+        return output[0], torch.from_numpy(~allowed).repeat_interleave(module.num_heads, 0)
+
+    handle = predictor.register_forward_hook(feed) if allowed_masks is not None else None
+    try:
+        with torch.no_grad():
+            out = hf(pixel_values=x, output_hidden_states=True, output_auxiliary_logits=True)
+    finally:
+        if handle is not None:
+            handle.remove()
 
     def nhwc(t):
         return t.detach().numpy().transpose(0, 2, 3, 1)
@@ -225,23 +243,40 @@ def prediction_names(num_sets: int) -> list[str]:
     return [f"aux_{i}_" for i in range(num_sets - 1)] + [""]
 
 
-def attention_mask_flips(reference: dict, ours: dict) -> list[int]:
-    """Per prediction set that feeds a decoder layer: how many attention-mask bits (sigmoid >= 0.5 of
-    the mask logits resized to that layer's level) differ between the reference and ours."""
+def attention_masks(outputs: dict, implementation: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per prediction set that feeds a decoder layer: (allowed, logits), both (B, Q, h * w) at that layer's
+    level, computed from `outputs[...pred_masks]` as `implementation` ("reference" or "ours") does in its
+    forward pass, in the run's dtype (its own bilinear resize, then sigmoid against 0.5), so bit for bit the
+    mask it attended with. allowed: True where a query may attend; logits: the resized mask logits."""
+    import torch
     from keras import ops
 
     from model.layers import resize_bilinear
 
-    names = prediction_names(sum(k.endswith("pred_masks") for k in reference))
-    flips = []
+    names = prediction_names(sum(k.endswith("pred_masks") for k in outputs))
+    result = []
     for index, prefix in enumerate(names[:-1]):
-        size = reference[f"multi_scale_{index % 3}"].shape[1:3]
-        bits = []
-        for outputs in (reference, ours):
-            masks = np.asarray(outputs[f"{prefix}pred_masks"], np.float64).transpose(0, 2, 3, 1)
-            resized = ops.convert_to_numpy(resize_bilinear(ops.convert_to_tensor(masks), size))
-            bits.append(resized >= 0.0)
-        flips.append(int((bits[0] != bits[1]).sum()))
+        size = tuple(outputs[f"multi_scale_{index % 3}"].shape[1:3])
+        masks = outputs[f"{prefix}pred_masks"]  # (B, Q, H, W)
+        if implementation == "reference":
+            resized = torch.nn.functional.interpolate(
+                torch.from_numpy(masks), size=size, mode="bilinear", align_corners=False
+            ).flatten(2)
+            result.append(((~(resized.sigmoid() < 0.5)).numpy(), resized.numpy()))
+        else:
+            resized = resize_bilinear(ops.convert_to_tensor(masks.transpose(0, 2, 3, 1)), size)
+            resized = ops.transpose(ops.reshape(resized, (masks.shape[0], -1, masks.shape[1])), (0, 2, 1))
+            result.append((ops.convert_to_numpy(ops.sigmoid(resized) >= 0.5), ops.convert_to_numpy(resized)))
+    return result
+
+
+def attention_mask_flips(reference: list, ours: list) -> list[np.ndarray]:
+    """Per decoder layer, the attention-mask bits that differ between two `attention_masks` results:
+    (n, 2) mask logits there, the reference's and ours."""
+    flips = []
+    for (allowed_ref, logits_ref), (allowed_ours, logits_ours) in zip(reference, ours, strict=True):
+        differ = allowed_ref != allowed_ours
+        flips.append(np.stack([logits_ref[differ], logits_ours[differ]], axis=-1))
     return flips
 
 
@@ -270,7 +305,13 @@ def compare(size: str = "r50", dtype: str = "float32", seed: int = 0, image_shap
     """Builds the reference and our model with the same weights (through a detectron2 pickle and
     our public loader) and runs both on the same random image batch.
 
-    Returns (rows, flips): rows = [(output name, shape, max abs difference, max abs reference value)].
+    The reference attends with our attention masks (bit for bit those it computes from its own logits,
+    except where a logit within rounding of 0 falls on the other side of sigmoid 0.5): a flipped bit would
+    otherwise move every later layer. `flips` lists, per decoder layer, where its own mask differs from
+    ours, with both logits, for the caller to check that they sit at 0.
+
+    Returns (rows, flips): rows = [(output name, shape, max abs difference, max abs reference value)],
+    flips = per decoder layer (n, 2) mask logits (reference's, ours) at the n differing bits.
     """
     from model import build_model
 
@@ -278,7 +319,9 @@ def compare(size: str = "r50", dtype: str = "float32", seed: int = 0, image_shap
     hf = build_reference(size, seed=seed, calibration_images=images, dtype=dtype)
     model = build_model(keras_config(size), dtype=dtype)
     load_reference_weights(model, hf, size, seed=seed)
-    reference, ours = run_reference(hf, images), run_ours(model, images)
+    ours = run_ours(model, images)
+    masks = attention_masks(ours, "ours")
+    reference = run_reference(hf, images, [allowed for allowed, _ in masks])
     rows = [
         (
             name,
@@ -288,4 +331,4 @@ def compare(size: str = "r50", dtype: str = "float32", seed: int = 0, image_shap
         )
         for name in reference
     ]
-    return rows, attention_mask_flips(reference, ours)
+    return rows, attention_mask_flips(attention_masks(reference, "reference"), masks)

@@ -28,7 +28,9 @@ def main():
         name, shape, diff32, scale = row32
         print(f"| {name} | {tuple(shape)} | {diff32:.1e} | {row64[2]:.1e} | {scale:.2f} |")
     for dtype, (_, flips) in results.items():
-        print(f"\n{dtype}: attention-mask bits flipped per decoder layer: {flips}")
+        largest = max((float(abs(bits).max()) for bits in flips if len(bits)), default=0.0)
+        counts = [len(bits) for bits in flips]
+        print(f"\n{dtype}: attention-mask bits flipped per decoder layer: {counts} (largest |logit| {largest:.1e})")
 
 
 if __name__ == "__main__":
