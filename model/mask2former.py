@@ -116,7 +116,7 @@ class Mask2Former(keras.Model):
         mean = ops.convert_to_tensor(self.pixel_mean, dtype=images.dtype)
         std = ops.convert_to_tensor(self.pixel_std, dtype=images.dtype)
         x = (images - mean) / std
-        height, width = ops.shape(x)[1], ops.shape(x)[2]
+        height, width = ops.shape(x)[1:3]
         pad_h = (-height) % self.size_divisibility
         pad_w = (-width) % self.size_divisibility
         return ops.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))

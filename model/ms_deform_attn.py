@@ -11,7 +11,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from model.layers import register
+from model.layers import Linear, register
 
 
 def deformable_sample(value, spatial_shapes, locations, weights, one_gather=False):
@@ -30,7 +30,7 @@ def deformable_sample(value, spatial_shapes, locations, weights, one_gather=Fals
     Returns:
         (B, Lq, heads, D): the sum over levels and points of weight * bilinear sample.
     """
-    batch, num_values, heads, head_dim = (ops.shape(value)[i] for i in range(4))
+    batch, num_values, heads, head_dim = ops.shape(value)
     dtype = locations.dtype
     heights = ops.stack([ops.cast(h, "int32") for h, _ in spatial_shapes])  # (levels,)
     widths = ops.stack([ops.cast(w, "int32") for _, w in spatial_shapes])
@@ -91,7 +91,7 @@ def bilinear_sample(values, height, width, locations):
     Returns:
         (N, S, C) bilinearly interpolated values; points outside contribute zeros.
     """
-    n, s = ops.shape(locations)[0], ops.shape(locations)[1]
+    n, s = ops.shape(locations)[:2]
     locations = ops.reshape(locations, (n, s, 1, 1, 1, 2))
     weights = ops.ones((n, s, 1, 1, 1), locations.dtype)
     sampled = deformable_sample(values[:, :, None, :], [(height, width)], locations, weights)
@@ -137,24 +137,23 @@ class MultiScaleDeformableAttention(keras.layers.Layer):
         self.num_points = num_points
         samples = num_heads * num_levels * num_points
         kw = {"dtype": self.dtype_policy}
-        self.sampling_offsets = keras.layers.Dense(
+        self.sampling_offsets = Linear(
             samples * 2,
             kernel_initializer="zeros",
             bias_initializer=keras.initializers.Constant(_grid_bias(num_heads, num_levels, num_points)),
             name="sampling_offsets",
             **kw,
         )
-        self.attention_weights = keras.layers.Dense(samples, kernel_initializer="zeros", name="attention_weights", **kw)
-        self.value_proj = keras.layers.Dense(hidden_dim, kernel_initializer="glorot_uniform", name="value_proj", **kw)
-        self.output_proj = keras.layers.Dense(hidden_dim, kernel_initializer="glorot_uniform", name="output_proj", **kw)
+        self.attention_weights = Linear(samples, kernel_initializer="zeros", name="attention_weights", **kw)
+        self.value_proj = Linear(hidden_dim, kernel_initializer="glorot_uniform", name="value_proj", **kw)
+        self.output_proj = Linear(hidden_dim, kernel_initializer="glorot_uniform", name="output_proj", **kw)
 
     def build(self, query_shape):
         for layer in (self.sampling_offsets, self.attention_weights, self.value_proj, self.output_proj):
             layer.build((None, None, self.hidden_dim))
 
     def call(self, query, reference_points, value_input, spatial_shapes, training=None):
-        batch = ops.shape(query)[0]
-        num_queries = ops.shape(query)[1]
+        batch, num_queries, _ = ops.shape(query)
         heads, levels, points = self.num_heads, self.num_levels, self.num_points
         head_dim = self.hidden_dim // heads
 

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from model.layers import c2_xavier_init, group_norm, layer_norm, register, resize_bilinear
+from model.layers import Linear, c2_xavier_init, group_norm, layer_norm, register, resize_bilinear
 from model.ms_deform_attn import MultiScaleDeformableAttention
 from model.position_encoding import sine_position_encoding
 
@@ -37,8 +37,8 @@ class DeformableEncoderLayer(keras.layers.Layer):
             **kw,
         )
         self.norm1 = layer_norm("norm1", self.dtype_policy)
-        self.linear1 = keras.layers.Dense(ffn_dim, kernel_initializer="glorot_uniform", name="linear1", **kw)
-        self.linear2 = keras.layers.Dense(hidden_dim, kernel_initializer="glorot_uniform", name="linear2", **kw)
+        self.linear1 = Linear(ffn_dim, kernel_initializer="glorot_uniform", name="linear1", **kw)
+        self.linear2 = Linear(hidden_dim, kernel_initializer="glorot_uniform", name="linear2", **kw)
         self.norm2 = layer_norm("norm2", self.dtype_policy)
 
     def build(self, x_shape):
@@ -157,7 +157,7 @@ class MSDeformAttnPixelDecoder(keras.layers.Layer):
         tokens, positions, references, spatial_shapes = [], [], [], []
         for level_index, level in enumerate(ENCODER_LEVELS):
             x = self.input_proj_norms[level_index](self.input_proj_convs[level_index](features[level]))  # (B, h, w, C)
-            height, width = ops.shape(x)[1], ops.shape(x)[2]
+            height, width = ops.shape(x)[1:3]
             spatial_shapes.append((height, width))
             tokens.append(ops.reshape(x, (batch, height * width, self.conv_dim)))
             pos = sine_position_encoding(height, width, self.conv_dim // 2, dtype=x.dtype)
@@ -178,7 +178,7 @@ class MSDeformAttnPixelDecoder(keras.layers.Layer):
             start = start + height * width
 
         lateral = self.adapter_1_norm(self.adapter_1(features["res2"]))
-        size = (ops.shape(lateral)[1], ops.shape(lateral)[2])
+        size = ops.shape(lateral)[1:3]
         fpn = ops.relu(self.layer_1_norm(self.layer_1(lateral + resize_bilinear(multi_scale_features[-1], size))))
         return self.mask_features(fpn), multi_scale_features
 

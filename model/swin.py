@@ -12,7 +12,7 @@ import numpy as np
 from keras import ops
 
 from model.backbone import ShapeSpec
-from model.layers import layer_norm, register, torch_default_kernel_init
+from model.layers import Linear, layer_norm, register, torch_default_kernel_init
 
 
 def relative_position_index(window_size):
@@ -71,8 +71,8 @@ class WindowAttention(keras.layers.Layer):
         self.num_heads = num_heads
         self.window_size = window_size
         kw = {"dtype": self.dtype_policy, "kernel_initializer": torch_default_kernel_init()}
-        self.qkv = keras.layers.Dense(3 * dim, name="qkv", **kw)
-        self.proj = keras.layers.Dense(dim, name="proj", **kw)
+        self.qkv = Linear(3 * dim, name="qkv", **kw)
+        self.proj = Linear(dim, name="proj", **kw)
         self.relative_position_index = relative_position_index(window_size).reshape(-1)
 
     def build(self, input_shape):
@@ -135,10 +135,8 @@ class SwinBlock(keras.layers.Layer):
         self.norm1 = layer_norm("norm1", self.dtype_policy)
         self.attn = WindowAttention(dim=dim, num_heads=num_heads, window_size=window_size, name="attn", **kw)
         self.norm2 = layer_norm("norm2", self.dtype_policy)
-        self.fc1 = keras.layers.Dense(
-            int(dim * mlp_ratio), kernel_initializer=torch_default_kernel_init(), name="fc1", **kw
-        )
-        self.fc2 = keras.layers.Dense(dim, kernel_initializer=torch_default_kernel_init(), name="fc2", **kw)
+        self.fc1 = Linear(int(dim * mlp_ratio), kernel_initializer=torch_default_kernel_init(), name="fc1", **kw)
+        self.fc2 = Linear(dim, kernel_initializer=torch_default_kernel_init(), name="fc2", **kw)
         # Stochastic depth (timm DropPath): the whole residual branch of a sample, scaled by 1 / keep.
         self.drop_path_layer = keras.layers.Dropout(drop_path, noise_shape=(None, 1, 1, 1), name="drop_path", **kw)
 
@@ -196,7 +194,7 @@ class PatchMerging(keras.layers.Layer):
         super().__init__(**kwargs)
         self.dim = dim
         self.norm = layer_norm("norm", self.dtype_policy)
-        self.reduction = keras.layers.Dense(
+        self.reduction = Linear(
             2 * dim,
             use_bias=False,
             kernel_initializer=torch_default_kernel_init(),

@@ -9,7 +9,7 @@ cross-attention to the predicted foreground.
 import keras
 from keras import ops
 
-from model.layers import layer_norm, register, resize_bilinear, torch_default_kernel_init
+from model.layers import Linear, layer_norm, register, resize_bilinear, torch_default_kernel_init
 from model.position_encoding import sine_position_encoding
 
 
@@ -29,10 +29,10 @@ class MultiHeadAttention(keras.layers.Layer):
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
         kw = {"dtype": self.dtype_policy, "kernel_initializer": "glorot_uniform"}
-        self.q_proj = keras.layers.Dense(hidden_dim, name="q_proj", **kw)
-        self.k_proj = keras.layers.Dense(hidden_dim, name="k_proj", **kw)
-        self.v_proj = keras.layers.Dense(hidden_dim, name="v_proj", **kw)
-        self.out_proj = keras.layers.Dense(hidden_dim, name="out_proj", **kw)
+        self.q_proj = Linear(hidden_dim, name="q_proj", **kw)
+        self.k_proj = Linear(hidden_dim, name="k_proj", **kw)
+        self.v_proj = Linear(hidden_dim, name="v_proj", **kw)
+        self.out_proj = Linear(hidden_dim, name="out_proj", **kw)
 
     def build(self, query_shape):
         for layer in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
@@ -42,8 +42,8 @@ class MultiHeadAttention(keras.layers.Layer):
         head_dim = self.hidden_dim // self.num_heads
 
         def split_heads(x):  # [B, L, C] -> [B, heads, L, head_dim]
-            x = ops.reshape(x, (ops.shape(x)[0], ops.shape(x)[1], self.num_heads, head_dim))
-            return ops.transpose(x, (0, 2, 1, 3))
+            batch, length, _ = ops.shape(x)  # one read: on TensorFlow each adds ops per unknown dimension
+            return ops.transpose(ops.reshape(x, (batch, length, self.num_heads, head_dim)), (0, 2, 1, 3))
 
         q = split_heads(self.q_proj(query)) * ops.cast(head_dim**-0.5, query.dtype)
         k = split_heads(self.k_proj(key))
@@ -80,8 +80,8 @@ class DecoderLayer(keras.layers.Layer):
         self.cross_attn_norm = layer_norm("cross_attn_norm", self.dtype_policy)
         self.self_attn = MultiHeadAttention(hidden_dim=hidden_dim, num_heads=num_heads, name="self_attn", **kw)
         self.self_attn_norm = layer_norm("self_attn_norm", self.dtype_policy)
-        self.linear1 = keras.layers.Dense(ffn_dim, kernel_initializer="glorot_uniform", name="linear1", **kw)
-        self.linear2 = keras.layers.Dense(hidden_dim, kernel_initializer="glorot_uniform", name="linear2", **kw)
+        self.linear1 = Linear(ffn_dim, kernel_initializer="glorot_uniform", name="linear1", **kw)
+        self.linear2 = Linear(hidden_dim, kernel_initializer="glorot_uniform", name="linear2", **kw)
         self.ffn_norm = layer_norm("ffn_norm", self.dtype_policy)
 
     def build(self, queries_shape):
@@ -149,11 +149,11 @@ class MaskedAttentionDecoder(keras.layers.Layer):
             for i in range(num_layers)
         ]
         self.decoder_norm = layer_norm("decoder_norm", self.dtype_policy)
-        self.class_embed = keras.layers.Dense(
+        self.class_embed = Linear(
             num_classes + 1, kernel_initializer=torch_default_kernel_init(), name="class_embed", **kw
         )
         self.mask_embed = [
-            keras.layers.Dense(
+            Linear(
                 mask_dim if i == 2 else hidden_dim,
                 kernel_initializer=torch_default_kernel_init(),
                 name=f"mask_embed_{i}",
@@ -188,7 +188,7 @@ class MaskedAttentionDecoder(keras.layers.Layer):
         dtype = mask_features.dtype
         memories, memory_positions, sizes = [], [], []
         for level, feature in enumerate(multi_scale_features):
-            height, width = ops.shape(feature)[1], ops.shape(feature)[2]
+            height, width = ops.shape(feature)[1:3]
             sizes.append((height, width))
             pos = sine_position_encoding(height, width, self.hidden_dim // 2, dtype=dtype)
             memory_positions.append(ops.reshape(pos, (1, height * width, self.hidden_dim)))

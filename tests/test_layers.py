@@ -17,7 +17,7 @@ from model import (
     MultiScaleDeformableAttention,
     ResNet,
 )
-from model.layers import resize_bilinear
+from model.layers import Linear, resize_bilinear
 from model.ms_deform_attn import bilinear_sample
 from tests.helpers import tiny_config
 
@@ -33,6 +33,7 @@ TINY_FEATURES = {f"res{i + 2}": rand(1, 16 // 2**i, 24 // 2**i, 8 * 2**i) for i 
 TINY_DECODER_INPUTS = ([rand(1, 2, 3, 16), rand(1, 4, 6, 16), rand(1, 8, 12, 16)], rand(1, 32, 48, 16))
 
 CASES = {
+    "Linear": (Linear, {"units": 3}, (rand(2, 4, 5, 6),), {}),
     "FrozenBatchNorm": (FrozenBatchNorm, {}, (rand(2, 5, 5, 4),), {}),
     "ConvNorm": (ConvNorm, {"filters": 4, "kernel_size": 3, "strides": 2}, (rand(1, 7, 9, 3),), {}),
     "BottleneckBlock": (
@@ -221,3 +222,27 @@ def test_deformable_attention_training_recomputes_the_sampling_with_the_same_gra
     kept_and_recomputed = zip(output_and_gradients(False), output_and_gradients(True), strict=True)
     for kept, recomputed in kept_and_recomputed:
         np.testing.assert_allclose(recomputed.numpy(), kept.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_linear_equals_dense_in_fewer_graph_ops():
+    """Linear is Dense with a reshape around a 2-D matmul: same numbers (float64), same weight names, and
+    fewer graph ops for a dynamic (..., C) input than Keras' tensordot (the point of it: faster tracing)."""
+    import tensorflow as tf
+
+    x = rng.normal(size=(2, 3, 4, 6))
+    linear, dense = (
+        Linear(5, activation="relu", dtype="float64"),
+        keras.layers.Dense(5, activation="relu", dtype="float64"),
+    )
+    linear.build(x.shape)
+    dense.build(x.shape)
+    dense.set_weights(linear.get_weights())
+    assert [v.path for v in linear.weights] == [v.path.replace(dense.name, linear.name) for v in dense.weights]
+    np.testing.assert_allclose(linear(x), dense(x), rtol=1e-14, atol=0)
+    assert linear(x[0, 0]).shape == (4, 5)  # rank 2 goes straight to Dense
+    spec = tf.TensorSpec([None, None, 6], tf.float64)  # (batch, tokens, channels), as in the model
+    ops_of = {
+        layer.name: len(tf.function(layer, input_signature=[spec]).get_concrete_function().graph.get_operations())
+        for layer in (linear, dense)
+    }
+    assert ops_of[linear.name] < ops_of[dense.name], ops_of
