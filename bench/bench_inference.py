@@ -13,10 +13,11 @@ parity tests' construction). Per size a random-texture JPEG is written once; the
   `Mask2FormerForUniversalSegmentation` -> `post_process_instance_segmentation`.
 
 Prints medians after one warm-up call, ratios (reference / ours), each mode's first-call time
-(trace + compile + run) separately, the forward's FLOPs (counted on the reference with
-`torch.utils.flop_counter.FlopCounterMode`: convolutions and matmuls, 2 per multiply-add), this
-machine's float32 matmul rate (2048^3, TensorFlow and torch, same run) and the fraction of it our
-time implies. Both frameworks use `--threads` threads, torch with OMP_WAIT_POLICY=PASSIVE, and malloc keeps
+(trace + compile + run) and compile time (first call - median) separately (each size gets a new
+`Predictor`, so each first call traces, as in a fresh test.py process), the forward's FLOPs (counted on
+the reference with `torch.utils.flop_counter.FlopCounterMode`: convolutions and matmuls, 2 per
+multiply-add), this machine's float32 matmul rate (2048^3, TensorFlow and torch, same run) and the
+fraction of it our time implies. Both frameworks use `--threads` threads, torch with OMP_WAIT_POLICY=PASSIVE, and malloc keeps
 freed memory for reuse (`cli.reuse_freed_memory`, as test.py sets it; one process, so both sides).
 """
 
@@ -241,11 +242,12 @@ def main() -> None:
         ref = statistics.median(times["reference"])
         print(f"\n{size[0]}x{size[1]}, batch 1, read JPEG -> instance result; forward {flops / 1e9:.1f} GFLOP "
               f"(FlopCounterMode on the reference); load now {os.getloadavg()[0]:.1f}")  # fmt: skip
-        print(f"{'':22s} {'median s':>9s} {'ref/ours':>9s} {'first call s':>13s} {'GFLOP/s':>8s} {'of TF mm':>9s}")
+        print(f"{'':22s} {'median s':>9s} {'ref/ours':>9s} {'first call s':>13s} {'compile s':>10s} {'GFLOP/s':>8s} "
+              f"{'of TF mm':>9s}")  # fmt: skip
         for name, values in times.items():
             median = statistics.median(values)
             rate = flops / median / 1e9
-            print(f"{name:22s} {median:9.2f} {ref / median:9.2f} {first[name]:13.1f} {rate:8.1f} "
+            print(f"{name:22s} {median:9.2f} {ref / median:9.2f} {first[name]:13.1f} {first[name] - median:10.1f} {rate:8.1f} "
                   f"{rate / rates['tensorflow']:9.0%}")  # fmt: skip
         del result
         if args.memory:
