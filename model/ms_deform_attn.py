@@ -13,8 +13,22 @@ from keras import ops
 
 from model.layers import Linear, register
 
+# Inference on a CPU samples 512 (query, head) rows at a time: 512 x 48 corner reads of 128 bytes (3 MB)
+# stay in cache between the gather and the sum (bench/NOTES.md, inference attempt 15).
+CPU_ROWS_PER_BLOCK = 512
 
-def deformable_sample(value, spatial_shapes, locations, weights, one_gather=False):
+
+def cpu_rows_per_block():
+    """`CPU_ROWS_PER_BLOCK` on TensorFlow with no GPU, else None (a GPU wants one gather; JAX and torch
+    run on GPUs here, and a loop of small blocks would serialise their kernels)."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    if any(device.startswith("gpu") for device in keras.distribution.list_devices()):
+        return None
+    return CPU_ROWS_PER_BLOCK
+
+
+def deformable_sample(value, spatial_shapes, locations, weights, one_gather=False, rows_per_block=None):
     """Weighted bilinear samples of every head and level: whole rows of D channels gathered per corner and
     summed by a small matmul per (batch, query, head) (grid_sample semantics).
 
@@ -26,6 +40,10 @@ def deformable_sample(value, spatial_shapes, locations, weights, one_gather=Fals
         weights: (B, Lq, heads, levels, P) weight of each sampled point.
         one_gather: read the 4 corners in one gather (4x the transient memory of one corner's; its
             gradient is one scatter instead of 4 concatenated ones, which training wants) instead of 4.
+        rows_per_block: gather and sum this many (batch, query, head) rows at a time, in a loop
+            (`ops.map`), so that the gathered corners stay in the CPU's cache instead of going to memory
+            and back (bench/NOTES.md, inference attempt 15). None: all at once. For inference: the loop
+            is not differentiated efficiently.
 
     Returns:
         (B, Lq, heads, D): the sum over levels and points of weight * bilinear sample.
@@ -58,13 +76,39 @@ def deformable_sample(value, spatial_shapes, locations, weights, one_gather=Fals
             row = starts + ops.clip(yi, 0, heights - 1) * widths + ops.clip(xi, 0, widths - 1)
             indices.append(ops.reshape((batch_rows + row) * heads + head_index, (rows, -1)))
             corner_weights.append(ops.cast(ops.reshape(corner, (rows, 1, -1)), value.dtype))
-    if one_gather:
+    if one_gather or rows_per_block:
         indices, corner_weights = [ops.concatenate(indices, 1)], [ops.concatenate(corner_weights, 2)]
+    if rows_per_block:
+        output = _blockwise_sample(table, indices[0], corner_weights[0], rows_per_block)
+        return ops.reshape(output, (result_shape[0], result_shape[1], heads, head_dim))
     output = 0.0
     for index, corner in zip(indices, corner_weights, strict=True):
         gathered = ops.take(table, ops.reshape(index, (-1,)), axis=0)  # (rows * samples, D)
         output = output + _weighted_sum(corner, ops.reshape(gathered, (rows, -1, head_dim)))  # (rows, 1, D)
     return ops.reshape(output, (result_shape[0], result_shape[1], heads, head_dim))
+
+
+def _blockwise_sample(table, index, weights, rows_per_block):
+    """`_weighted_sum` of the `table` rows at `index`, `rows_per_block` rows at a time.
+
+    Args:
+        table: (T, D). index: (R, S) int32 rows of the table. weights: (R, 1, S).
+
+    Returns:
+        (R, 1, D). The last block is padded with row 0 at weight 0.
+    """
+    rows, head_dim = ops.shape(index)[0], ops.shape(table)[1]
+    blocks = (rows + rows_per_block - 1) // rows_per_block
+    padding = blocks * rows_per_block - rows
+    index = ops.reshape(ops.pad(index, ((0, padding), (0, 0))), (blocks, rows_per_block, -1))
+    weights = ops.reshape(ops.pad(weights, ((0, padding), (0, 0), (0, 0))), (blocks, rows_per_block, 1, -1))
+
+    def block(inputs):
+        index, weights = inputs
+        gathered = ops.take(table, ops.reshape(index, (-1,)), axis=0)  # (rows_per_block * S, D)
+        return _weighted_sum(weights, ops.reshape(gathered, (rows_per_block, -1, head_dim)))
+
+    return ops.reshape(ops.map(block, (index, weights)), (-1, 1, head_dim))[:rows]
 
 
 def _weighted_sum(weights, samples):
@@ -169,8 +213,8 @@ class MultiScaleDeformableAttention(keras.layers.Layer):
         if training:  # recomputed in the backward pass; one gather: one scatter in the backward pass
             sample = keras.remat(functools.partial(deformable_sample, one_gather=True))  # no keywords in graphs
             output = sample(value, spatial_shapes, locations, weights)
-        else:
-            output = deformable_sample(value, spatial_shapes, locations, weights)  # (B, Lq, heads, head_dim)
+        else:  # (B, Lq, heads, head_dim)
+            output = deformable_sample(value, spatial_shapes, locations, weights, rows_per_block=cpu_rows_per_block())
         output = ops.reshape(output, (batch, num_queries, self.hidden_dim))
         return self.output_proj(output)
 

@@ -18,7 +18,7 @@ from model import (
     ResNet,
 )
 from model.layers import Linear, resize_bilinear
-from model.ms_deform_attn import bilinear_sample
+from model.ms_deform_attn import bilinear_sample, cpu_rows_per_block, deformable_sample
 from tests.helpers import tiny_config
 
 rng = np.random.default_rng(0)
@@ -246,3 +246,24 @@ def test_linear_equals_dense_in_fewer_graph_ops():
         for layer in (linear, dense)
     }
     assert ops_of[linear.name] < ops_of[dense.name], ops_of
+
+
+def test_blockwise_sampling_equals_one_gather_in_a_graph():
+    """Inference on a CPU samples block by block (cache-sized); blocks of 3 rows with a remainder (2 x 5 x 2
+    = 20 rows), traced as test.py traces, give the all-at-once numbers in float64."""
+    import tensorflow as tf
+
+    assert cpu_rows_per_block() is not None  # the default path here: TensorFlow on a CPU
+    value = rng.normal(size=(2, 30, 2, 4))
+    locations = rng.uniform(-0.2, 1.2, size=(2, 5, 2, 2, 3, 2))
+    weights = rng.uniform(size=(2, 5, 2, 2, 3))
+    spec = [tf.TensorSpec([None] * x.ndim, tf.float64) for x in (value, locations, weights)]
+
+    def sample(rows_per_block):
+        return tf.function(
+            lambda v, loc, w: deformable_sample(v, SHAPES, loc, w, rows_per_block=rows_per_block), input_signature=spec
+        )(value, locations, weights).numpy()
+
+    whole = sample(None)
+    np.testing.assert_allclose(sample(3), whole, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(sample(64), whole, rtol=1e-13, atol=1e-13)  # one padded block
