@@ -247,7 +247,8 @@ def main() -> None:
         for name, values in times.items():
             median = statistics.median(values)
             rate = flops / median / 1e9
-            print(f"{name:22s} {median:9.2f} {ref / median:9.2f} {first[name]:13.1f} {first[name] - median:10.1f} {rate:8.1f} "
+            compile_seconds = "-" if name == "reference" else f"{first[name] - median:.1f}"  # eager: no compile
+            print(f"{name:22s} {median:9.2f} {ref / median:9.2f} {first[name]:13.1f} {compile_seconds:>10s} {rate:8.1f} "
                   f"{rate / rates['tensorflow']:9.0%}")  # fmt: skip
         del result
         if args.memory:

@@ -1,0 +1,76 @@
+"""One deformable-attention layer's sampling (`deformable_sample`), all rows at once against blocks of rows.
+
+    python bench/bench_sampling.py                        # R50 levels at 512x512 and 800x1216
+    python bench/bench_sampling.py --blocks 256,512,1024  # other block sizes
+
+Random value maps of the R50 pixel decoder's three levels (1/8, 1/16, 1/32), 8 heads of 32 channels,
+4 points per level and head, points scattered around each query's own position, as a trained model's are.
+`tf.function`, 2 threads, medians of `--repeats` after one warm-up call, the variants interleaved.
+Prints seconds per call and the largest difference to the all-at-once result (bench/NOTES.md, inference
+attempt 15).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import time
+
+from harness import THREADS, machine
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="512x512,800x1216", help="image sizes HxW, comma-separated")
+    parser.add_argument("--blocks", default="512", help="rows per block to compare with all at once")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    import numpy as np
+    import tensorflow as tf
+
+    from model.ms_deform_attn import deformable_sample
+
+    tf.config.threading.set_intra_op_parallelism_threads(THREADS)
+    tf.config.threading.set_inter_op_parallelism_threads(THREADS)
+    heads, head_dim, points = 8, 32, 4
+    print(machine())
+    for size in args.sizes.split(","):
+        height, width = (int(v) for v in size.lower().split("x"))
+        shapes = [(-(-height // stride), -(-width // stride)) for stride in (8, 16, 32)]
+        tokens = sum(h * w for h, w in shapes)
+        rng = np.random.default_rng(0)
+        value = tf.constant(rng.standard_normal((1, tokens, heads, head_dim)), tf.float32)
+        centres = np.concatenate(
+            [
+                np.stack(np.meshgrid((np.arange(w) + 0.5) / w, (np.arange(h) + 0.5) / h), -1).reshape(-1, 2)
+                for h, w in shapes
+            ]
+        )
+        spread = rng.normal(0, 0.03, (1, tokens, heads, len(shapes), points, 2))
+        locations = tf.constant(centres[None, :, None, None, None, :] + spread, tf.float32)
+        weights = tf.constant(rng.dirichlet(np.ones(len(shapes) * points), (1, tokens, heads)), tf.float32)
+        weights = tf.reshape(weights, (1, tokens, heads, len(shapes), points))
+        variants = {"all at once": None} | {f"blocks of {b}": int(b) for b in args.blocks.split(",")}
+        functions = {
+            label: tf.function(
+                functools.partial(deformable_sample, value, shapes, locations, weights, rows_per_block=rows)
+            )
+            for label, rows in variants.items()
+        }
+        outputs = {label: function().numpy() for label, function in functions.items()}
+        times = {label: [] for label in functions}
+        for _ in range(args.repeats):
+            for label, function in functions.items():
+                start = time.perf_counter()
+                function()
+                times[label].append(time.perf_counter() - start)
+        print(f"\n{height}x{width}: levels {shapes}, {tokens} queries x {heads} heads")
+        for label in functions:
+            difference = np.abs(outputs[label] - outputs["all at once"]).max()
+            print(f"{label:16s} {statistics.median(times[label]):8.3f} s   max difference {difference:.1e}")
+
+
+if __name__ == "__main__":
+    main()
