@@ -170,6 +170,7 @@ class MultiScaleDeformableAttention(keras.layers.Layer):
         training: when True the sampling is rematerialised: its (B * Lq * heads * levels * points, D)
             corner reads are recomputed in the backward pass instead of kept from the forward (at
             2 x 512x512 they are 0.5 GB per layer), as the official CUDA kernel and `grid_sample` do.
+            Otherwise, on TensorFlow without a GPU, it runs in cache-sized blocks (`cpu_rows_per_block`).
     Returns: (B, Lq, C).
     """
 
