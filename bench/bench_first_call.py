@@ -17,7 +17,7 @@ import statistics
 import time
 import types
 
-from harness import THREADS, machine
+from harness import machine, set_tensorflow_threads
 
 
 def main() -> None:
@@ -36,8 +36,7 @@ def main() -> None:
     from model.layers import Linear
     from tools.hf_reference import keras_config
 
-    tf.config.threading.set_intra_op_parallelism_threads(THREADS)
-    tf.config.threading.set_inter_op_parallelism_threads(THREADS)
+    set_tensorflow_threads()
     config = keras_config("tiny" if args.tiny else "r50")
     keras.utils.set_random_seed(0)
     networks = {"linear": build_model(config), "dense": build_model(config)}

@@ -14,7 +14,7 @@ import argparse
 import statistics
 import time
 
-from harness import THREADS, machine
+from harness import machine, set_tensorflow_threads
 
 
 def main() -> None:
@@ -30,8 +30,7 @@ def main() -> None:
     from model import build_model
     from tools.hf_reference import keras_config
 
-    tf.config.threading.set_intra_op_parallelism_threads(THREADS)
-    tf.config.threading.set_inter_op_parallelism_threads(THREADS)
+    set_tensorflow_threads()
     network = build_model(keras_config("tiny" if args.tiny else "r50"))
     backbone = tf.function(lambda images: network.backbone(network.preprocess(images), training=False))
     pixel_decoder = tf.function(lambda features: network.pixel_decoder(features))

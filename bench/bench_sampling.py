@@ -17,7 +17,7 @@ import functools
 import statistics
 import time
 
-from harness import THREADS, machine
+from harness import machine, set_tensorflow_threads
 
 
 def main() -> None:
@@ -32,8 +32,7 @@ def main() -> None:
 
     from model.ms_deform_attn import deformable_sample
 
-    tf.config.threading.set_intra_op_parallelism_threads(THREADS)
-    tf.config.threading.set_inter_op_parallelism_threads(THREADS)
+    set_tensorflow_threads()
     heads, head_dim, points = 8, 32, 4
     print(machine())
     for size in args.sizes.split(","):

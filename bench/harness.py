@@ -46,13 +46,19 @@ def peak_resident_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # elsewhere: KiB (macOS: bytes)
 
 
-def set_threads():
-    """Both frameworks on THREADS intra- and inter-op threads."""
+def set_tensorflow_threads():
+    """TensorFlow on THREADS intra- and inter-op threads (for benches that run no torch)."""
     import tensorflow as tf
-    import torch
 
     tf.config.threading.set_intra_op_parallelism_threads(THREADS)
     tf.config.threading.set_inter_op_parallelism_threads(THREADS)
+
+
+def set_threads():
+    """Both frameworks on THREADS intra- and inter-op threads."""
+    import torch
+
+    set_tensorflow_threads()
     torch.set_num_threads(THREADS)
 
 
