@@ -32,7 +32,8 @@ def make_batch(args):
     return images, targets
 
 
-def ours_fn(images, targets):
+def ours_train_step(images):
+    """train.py's `TrainStep` for R50 in float32, for batches of `images`' size."""
     import tensorflow as tf
 
     from config import Mask2FormerConfig
@@ -47,7 +48,7 @@ def ours_fn(images, targets):
     model = build_model(config)
     step = tf.Variable(0, dtype=tf.int64)
     schedule = build_schedule(config.train)
-    train_step = TrainStep(
+    return TrainStep(
         model,
         build_criterion(config),
         build_optimizer(config.train, model, learning_rate=lambda: schedule(step)),
@@ -58,6 +59,12 @@ def ours_fn(images, targets):
         seed=0,
         learning_rate=schedule,
     )
+
+
+def ours_fn(images, targets):
+    import tensorflow as tf
+
+    train_step = ours_train_step(images)
     batch = {"image": tf.constant(images), **{k: tf.constant(v) for k, v in targets.items()}}
     return lambda: float(train_step(batch)["loss_total"])
 
