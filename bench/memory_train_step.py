@@ -1,0 +1,80 @@
+"""Resident memory of a training step as it builds up: after import, model built, traced (ours), each step.
+
+    python bench/memory_train_step.py               # ours and the reference, 2 x 512x512, 5 steps each
+    python bench/memory_train_step.py --steps 3 --size 256
+
+Each side runs in a fresh process (`bench_train_step.py`'s workloads: `TrainStep` against transformers'
+model + `Mask2FormerLoss` + AdamW) and prints its resident memory (VmRSS) and peak (VmHWM) at each point,
+so that the framework's share (imports, model objects, the traced graph) can be told from the step's
+(activations, gradients, optimizer slots). bench/NOTES.md, training attempt 22.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import peak_resident_gb, set_threads  # noqa: E402  (OMP_WAIT_POLICY before torch)
+
+
+def resident_gb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 2**20
+
+
+def report(label: str) -> None:
+    print(f"  {label:18s} resident {resident_gb():5.2f} GB   peak {peak_resident_gb():5.2f} GB", flush=True)
+
+
+def child(args) -> None:
+    set_threads()
+    from bench_train_step import make_batch
+
+    images, targets = make_batch(args)
+    report("after import")
+    if args.child == "ours":
+        import tensorflow as tf
+        from bench_train_step import ours_train_step
+
+        train_step = ours_train_step(images)
+        batch = {"image": tf.constant(images), **{k: tf.constant(v) for k, v in targets.items()}}
+        report("model built")
+        train_step._function.get_concrete_function(batch)
+        report("step traced")
+        run = lambda: train_step(batch)["loss_total"].numpy()  # noqa: E731
+    else:
+        from bench_train_step import reference_fn
+
+        run = reference_fn(images, targets)
+        report("model built")
+    for step in range(1, args.steps + 1):
+        run()
+        report(f"after step {step}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--instances", default="5,10", help="instances per image, comma separated")
+    parser.add_argument("--max-instances", type=int, default=128, help="data.max_instances (caps the bucket)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--child", choices=("ours", "reference"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+    for side in ("reference", "ours"):
+        print(
+            f"{side}: {args.instances.count(',') + 1} x {args.size}x{args.size}, instances {args.instances}", flush=True
+        )
+        argv = [sys.executable, __file__, "--child", side] + [
+            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "child"
+        ]
+        subprocess.run(argv, check=True)
+
+
+if __name__ == "__main__":
+    main()
