@@ -24,6 +24,13 @@ from bench_criterion import make_targets, reference_targets  # noqa: E402
 from harness import add_common_arguments, run_main  # noqa: E402  (sets OMP_WAIT_POLICY before torch)
 
 
+def add_workload_arguments(parser):
+    """--size, --instances, --max-instances: the batch `make_batch` builds."""
+    parser.add_argument("--size", type=int, default=512, help="square image side")
+    parser.add_argument("--instances", default="5,10", help="instances per image, comma separated")
+    parser.add_argument("--max-instances", type=int, default=128, help="data.max_instances (caps the bucket)")
+
+
 def make_batch(args):
     rng = np.random.default_rng(args.seed)
     counts = [int(c) for c in args.instances.split(",")]
@@ -89,9 +96,7 @@ def describe(args) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--instances", default="5,10", help="instances per image, comma separated")
-    parser.add_argument("--max-instances", type=int, default=128, help="data.max_instances (caps the bucket)")
+    add_workload_arguments(parser)
     add_common_arguments(parser, warmup=1, repeats=3)
     run_main(__file__, parser, build, describe)
 

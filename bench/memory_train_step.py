@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_train_step import add_workload_arguments  # noqa: E402
 from harness import peak_resident_gb, set_threads  # noqa: E402  (OMP_WAIT_POLICY before torch)
 
 
@@ -57,9 +58,7 @@ def child(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--instances", default="5,10", help="instances per image, comma separated")
-    parser.add_argument("--max-instances", type=int, default=128, help="data.max_instances (caps the bucket)")
+    add_workload_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--child", choices=("ours", "reference"), help=argparse.SUPPRESS)

@@ -26,14 +26,14 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_train_step import make_batch, ours_train_step  # noqa: E402
+from bench_train_step import add_workload_arguments, make_batch, ours_train_step  # noqa: E402
 from harness import THREADS, interleaved, machine, set_threads  # noqa: E402  (OMP_WAIT_POLICY first)
 
 STAGES = ("forward", "forward + loss", "forward + loss + backward", "step")
 
 
 def ours_stages(images, targets) -> dict:
-    """The four pieces of ours as callables returning nothing."""
+    """The four pieces of ours, each a callable that runs its piece once."""
     import tensorflow as tf
 
     step = ours_train_step(images)
@@ -100,17 +100,15 @@ def reference_stages(images, targets) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--instances", default="5,10", help="instances per image, comma separated")
-    parser.add_argument("--max-instances", type=int, default=128, help="data.max_instances (caps the bucket)")
+    add_workload_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     set_threads()
-    images, targets = make_batch(args)
     from bench_inference import matmul_rates
 
+    images, targets = make_batch(args)
     reference, flops = reference_stages(images, targets)
     sides = {"ours": ours_stages(images, targets), "reference": reference}
     before = matmul_rates()["tensorflow"]

@@ -200,55 +200,45 @@ def test_resize_bilinear_matches_torch_interpolate():
         np.testing.assert_allclose(ours, expected.transpose(0, 2, 3, 1), atol=1e-12)
 
 
-def test_deformable_attention_training_recomputes_the_sampling_with_the_same_gradients():
-    """training=True rematerialises the sampling (keras.remat): same output and gradients, in float64."""
+def assert_recomputed_equals_kept(layer, x, *args, **kwargs):
+    """`layer(x, *args, training=True)` (rematerialised) against training=False, in a graph as the training
+    step runs it: the same output and gradients for `x` and every trainable weight (random, float64)."""
     import tensorflow as tf
 
-    layer = MultiScaleDeformableAttention(hidden_dim=8, num_heads=2, num_levels=2, num_points=3, dtype="float64")
-    query = tf.constant(rng.normal(size=(2, 30, 8)))
-    reference = tf.constant(rng.uniform(-0.1, 1.1, size=(1, 30, 2)))
-    layer(query, reference, query, spatial_shapes=SHAPES)
+    layer(x, *args, **kwargs)
     for w in layer.weights:
         w.assign(rng.normal(0, 0.5, w.shape))
 
-    @tf.function  # in a graph, as the training step runs it
-    def output_and_gradients(training):
-        with tf.GradientTape() as tape:
-            tape.watch(query)
-            out = layer(query, reference, query, spatial_shapes=SHAPES, training=training)
-            loss = tf.reduce_sum(out * tf.sin(out))
-        return [out, *tape.gradient(loss, [query, *layer.trainable_weights])]
-
-    kept_and_recomputed = zip(output_and_gradients(False), output_and_gradients(True), strict=True)
-    for kept, recomputed in kept_and_recomputed:
-        np.testing.assert_allclose(recomputed.numpy(), kept.numpy(), rtol=1e-12, atol=1e-12)
-
-
-def test_encoder_layer_training_recomputes_the_layer_with_the_same_gradients():
-    """training=True rematerialises the encoder layer's feed-forward block (keras.remat, its activations
-    recomputed in the backward pass): same output and gradients for the input and every weight, in float64."""
-    import tensorflow as tf
-
-    layer = DeformableEncoderLayer(hidden_dim=8, num_heads=2, num_levels=2, num_points=3, ffn_dim=16, dtype="float64")
-    x = tf.constant(rng.normal(size=(2, 30, 8)))
-    pos = tf.constant(rng.normal(size=(1, 30, 8)))
-    reference = tf.constant(rng.uniform(-0.1, 1.1, size=(1, 30, 2)))
-    layer(x, pos, reference, spatial_shapes=SHAPES)
-    for w in layer.weights:
-        w.assign(rng.normal(0, 0.5, w.shape))
-
-    @tf.function  # in a graph, as the training step runs it
+    @tf.function
     def output_and_gradients(training):
         with tf.GradientTape() as tape:
             tape.watch(x)
-            out = layer(x, pos, reference, spatial_shapes=SHAPES, training=training)
+            out = layer(x, *args, **kwargs, training=training)
             loss = tf.reduce_sum(out * tf.sin(out))
         return [out, *tape.gradient(loss, [x, *layer.trainable_weights])]
 
     kept, recomputed = output_and_gradients(False), output_and_gradients(True)
-    assert len(kept) == 2 + len(layer.trainable_weights) and all(g is not None for g in recomputed)
+    assert len(recomputed) == 2 + len(layer.trainable_weights) and all(g is not None for g in recomputed)
     for a, b in zip(kept, recomputed, strict=True):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_deformable_attention_training_recomputes_the_sampling_with_the_same_gradients():
+    """training=True rematerialises the sampling (keras.remat): same output and gradients, in float64."""
+    layer = MultiScaleDeformableAttention(hidden_dim=8, num_heads=2, num_levels=2, num_points=3, dtype="float64")
+    query = keras.ops.convert_to_tensor(rng.normal(size=(2, 30, 8)))
+    reference = keras.ops.convert_to_tensor(rng.uniform(-0.1, 1.1, size=(1, 30, 2)))
+    assert_recomputed_equals_kept(layer, query, reference, query, spatial_shapes=SHAPES)
+
+
+def test_encoder_layer_training_recomputes_the_feed_forward_with_the_same_gradients():
+    """training=True rematerialises the encoder layer's feed-forward block (keras.remat, its activations
+    recomputed in the backward pass): same output and gradients for the input and every weight, in float64."""
+    layer = DeformableEncoderLayer(hidden_dim=8, num_heads=2, num_levels=2, num_points=3, ffn_dim=16, dtype="float64")
+    x = keras.ops.convert_to_tensor(rng.normal(size=(2, 30, 8)))
+    pos = keras.ops.convert_to_tensor(rng.normal(size=(1, 30, 8)))
+    reference = keras.ops.convert_to_tensor(rng.uniform(-0.1, 1.1, size=(1, 30, 2)))
+    assert_recomputed_equals_kept(layer, x, pos, reference, spatial_shapes=SHAPES)
 
 
 def test_linear_equals_dense_in_fewer_graph_ops():
