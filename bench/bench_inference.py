@@ -241,13 +241,13 @@ def main() -> None:
                 run(path)
                 times[name].append(time.perf_counter() - start)
         ref = statistics.median(times["reference"])
+        print(f"\n{size[0]}x{size[1]}, batch 1, read JPEG -> instance result; forward {flops / 1e9:.1f} GFLOP "
+              f"(FlopCounterMode on the reference); load now {os.getloadavg()[0]:.1f}")  # fmt: skip
         after = matmul_rates()  # the rate moves by +-15% between measurements: keep the higher of the two
         rates = {name: max(rate, after[name]) for name, rate in rates.items()}
         print(f"float32 matmul 2048^3 after these rounds: TensorFlow {after['tensorflow']:.0f} GFLOP/s, torch "
               f"{after['torch']:.0f} GFLOP/s; the fractions below use TensorFlow {rates['tensorflow']:.0f} GFLOP/s, "
               "the highest measured so far")  # fmt: skip
-        print(f"\n{size[0]}x{size[1]}, batch 1, read JPEG -> instance result; forward {flops / 1e9:.1f} GFLOP "
-              f"(FlopCounterMode on the reference); load now {os.getloadavg()[0]:.1f}")  # fmt: skip
         print(f"{'':22s} {'median s':>9s} {'ref/ours':>9s} {'first call s':>13s} {'compile s':>10s} {'GFLOP/s':>8s} "
               f"{'of TF mm':>9s}")  # fmt: skip
         for name, values in times.items():

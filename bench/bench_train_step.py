@@ -68,11 +68,15 @@ def ours_train_step(images):
     )
 
 
-def ours_fn(images, targets):
+def ours_batch(images, targets) -> dict:
+    """The batch as the pipeline gives it to `TrainStep`: image and padded targets as tensors."""
     import tensorflow as tf
 
-    train_step = ours_train_step(images)
-    batch = {"image": tf.constant(images), **{k: tf.constant(v) for k, v in targets.items()}}
+    return {"image": tf.constant(images), **{k: tf.constant(v) for k, v in targets.items()}}
+
+
+def ours_fn(images, targets):
+    train_step, batch = ours_train_step(images), ours_batch(images, targets)
     return lambda: float(train_step(batch)["loss_total"])
 
 

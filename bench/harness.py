@@ -32,17 +32,30 @@ import cli  # noqa: E402
 cli.reuse_freed_memory()
 
 
+def _status_gb(field: str) -> float | None:
+    """A memory field of /proc/self/status (Linux) in GB, or None where there is none."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
+    return None
+
+
+def resident_gb() -> float | None:
+    """This process's resident memory now in GB (VmRSS; None off Linux)."""
+    return _status_gb("VmRSS")
+
+
 def peak_resident_gb() -> float:
     """This process's peak resident memory in GB. Linux: VmHWM of /proc/self/status, which starts anew at
     exec; `ru_maxrss` does not (it keeps the parent's peak at fork), so a child of a large parent would
     report at least the parent's size."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 2**20  # kB
-    except OSError:
-        pass
+    peak = _status_gb("VmHWM")
+    if peak is not None:
+        return peak
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # elsewhere: KiB (macOS: bytes)
 
 

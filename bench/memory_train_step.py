@@ -18,12 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_train_step import add_workload_arguments  # noqa: E402
-from harness import peak_resident_gb, set_threads  # noqa: E402  (OMP_WAIT_POLICY before torch)
-
-
-def resident_gb() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 2**20
+from harness import peak_resident_gb, resident_gb, set_threads  # noqa: E402  (OMP_WAIT_POLICY before torch)
 
 
 def report(label: str) -> None:
@@ -37,11 +32,9 @@ def child(args) -> None:
     images, targets = make_batch(args)
     report("after import")
     if args.child == "ours":
-        import tensorflow as tf
-        from bench_train_step import ours_train_step
+        from bench_train_step import ours_batch, ours_train_step
 
-        train_step = ours_train_step(images)
-        batch = {"image": tf.constant(images), **{k: tf.constant(v) for k, v in targets.items()}}
+        train_step, batch = ours_train_step(images), ours_batch(images, targets)
         report("model built")
         train_step._function.get_concrete_function(batch)
         report("step traced")

@@ -26,7 +26,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_train_step import add_workload_arguments, make_batch, ours_train_step  # noqa: E402
+from bench_train_step import add_workload_arguments, make_batch, ours_batch, ours_train_step  # noqa: E402
 from harness import THREADS, interleaved, machine, set_threads  # noqa: E402  (OMP_WAIT_POLICY first)
 
 STAGES = ("forward", "forward + loss", "forward + loss + backward", "step")
@@ -38,7 +38,7 @@ def ours_stages(images, targets) -> dict:
 
     step = ours_train_step(images)
     model, criterion = step.model, step.criterion
-    batch = {"image": tf.constant(images), **{k: tf.constant(v) for k, v in targets.items()}}
+    batch = ours_batch(images, targets)
     slots = batch["valid"].shape[1]
 
     def loss(outputs):
