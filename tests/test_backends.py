@@ -1,4 +1,10 @@
-"""One `.keras` file, three backends: TensorFlow, PyTorch and JAX give the same outputs (1e-4)."""
+"""One `.keras` file, three backends: TensorFlow, PyTorch and JAX give the same outputs (1e-4).
+
+The backends' float32 results differ by ~5e-6, but the masked attention thresholds every mask logit at
+0 (sigmoid 0.5): a logit within that noise of 0 may fall on either side, and the flipped attention bit
+moves every later layer by up to 4e-4 (seen once in CI with unseeded weights). So the weights are seeded,
+and the fixture takes the first seed whose smallest |thresholded logit| in TensorFlow is MIN_MARGIN.
+"""
 
 import importlib.util
 import os
@@ -10,6 +16,7 @@ import keras
 import numpy as np
 import pytest
 
+import model.transformer_decoder
 from model import build_model
 from tests.helpers import tiny_config
 
@@ -33,19 +40,45 @@ np.savez(sys.argv[4], **{k: keras.ops.convert_to_numpy(v) for k, v in arrays.ite
 # and XLA's optimisation passes are off (a third of the build time); the ops and their results stay JAX's.
 # The two subprocesses run at the same time: torch's OpenMP threads sleep instead of spinning while they wait.
 ENV = {"JAX_PLATFORMS": "cpu", "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+MIN_MARGIN = 1e-4  # 20x the backends' differences: no attention-mask bit can flip between them
+
+
+def _seeded_model_far_from_threshold(images):
+    """The first seeded tiny model (non-trivial weights everywhere, zero-initialised kernels included)
+    whose mask logits all stay MIN_MARGIN away from the attention threshold on `images`, and its
+    TensorFlow outputs."""
+    resize = model.transformer_decoder.resize_bilinear
+    thresholded = []  # the resized mask logits that `allowed = sigmoid(logit) >= 0.5` reads, per layer
+
+    def recording_resize(x, size):
+        resized = resize(x, size)
+        thresholded.append(keras.ops.convert_to_numpy(resized))
+        return resized
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(model.transformer_decoder, "resize_bilinear", recording_resize)
+        for seed in range(20):
+            keras.utils.set_random_seed(seed)
+            network = build_model(tiny_config())
+            rng = np.random.default_rng(seed)
+            for w in network.weights:
+                w.assign(w.numpy() + rng.normal(0, 0.05, w.shape).astype(w.dtype))
+            thresholded.clear()
+            out = network(images)
+            if min(np.abs(logits).min() for logits in thresholded) >= MIN_MARGIN:
+                print(f"seed {seed}: mask logits at least {MIN_MARGIN} from the threshold")
+                return network, out
+    raise AssertionError(f"no seed in 0-19 keeps the mask logits {MIN_MARGIN} away from the threshold")
 
 
 @pytest.fixture(scope="module")
 def backend_runs(tmp_path_factory):
     """The TensorFlow outputs of a saved tiny model, and one subprocess per installed other backend that
-    loads the file and runs the same images (started together, so they run while TensorFlow computes)."""
+    loads the file and runs the same images (started together)."""
     tmp = tmp_path_factory.mktemp("backends")
-    model = build_model(tiny_config())
-    rng = np.random.default_rng(0)
-    for w in model.weights:  # non-trivial weights everywhere, zero-initialised kernels included
-        w.assign(w.numpy() + rng.normal(0, 0.05, w.shape).astype(w.dtype))
-    images = rng.uniform(0, 255, (2, 64, 96, 3)).astype("float32")
-    model.save(tmp / "tiny.keras")
+    images = np.random.default_rng(0).uniform(0, 255, (2, 64, 96, 3)).astype("float32")
+    network, out = _seeded_model_far_from_threshold(images)
+    network.save(tmp / "tiny.keras")
     np.save(tmp / "images.npy", images)
     runs = {}
     for backend in BACKENDS:
@@ -55,7 +88,6 @@ def backend_runs(tmp_path_factory):
             runs[backend] = subprocess.Popen(
                 [*command, str(tmp / f"{backend}.npz")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
             )
-    out = model(images)
     expected = {
         "pred_logits": out["pred_logits"].numpy(),
         "pred_masks": out["pred_masks"].numpy(),
