@@ -35,7 +35,7 @@ def profile_ours(predictions, targets) -> dict[str, float]:
     masks, labels, valid = (tf.constant(targets[k]) for k in ("masks", "labels", "valid"))
     logits = [tf.constant(p["pred_logits"]) for p in predictions]
     preds = [tf.constant(p["pred_masks"]) for p in predictions]
-    points = criterion.draw_points(tf.constant([1, 2]), *valid.shape, SETS)
+    points = criterion.draw_points(tf.constant([1, 2]), valid.shape[0], SETS)
     target_pixels = pixel_major(masks)
     shared = [read_shared(pixel_major(p), q.match) for p, q in zip(preds, points, strict=True)]
     target_points = [read_shared(target_pixels, q.match) for q in points]

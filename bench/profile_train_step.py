@@ -39,11 +39,10 @@ def ours_stages(images, targets) -> dict:
     step = ours_train_step(images)
     model, criterion = step.model, step.criterion
     batch = ours_batch(images, targets)
-    slots = batch["valid"].shape[1]
 
     def loss(outputs):
         normalizers = criterion.local_normalizers(batch["valid"], model.num_queries)
-        points = step._points(step.step.read_value(), tf.constant(0, tf.int64), slots)
+        points = step._points(step.step.read_value(), tf.constant(0, tf.int64))
         return criterion(outputs, batch, points=points, **normalizers)["loss_total"]
 
     @tf.function

@@ -11,10 +11,11 @@ Keys: `loss_ce`, `loss_mask`, `loss_dice` for the final set, `loss_ce_{i}` ... f
 dice_weight * dice.
 
 Shapes: targets are padded to M slots (`valid` says which are real; the training pipeline pads each
-batch to a small bucket of its real count), each image has R = min(Q, M) rows of per-pair points,
-and the loss traces once per M. Only the matched pairs (ordered by image and query, as the reference
-orders them) are point-sampled; with `dynamic_pairs=False` all R rows are, the unmatched ones masked,
-so that the loss runs under `tf.function(jit_compile=True)` with the "tf" matcher.
+batch to a small bucket of its real count), each image has R = min(Q, M) rows of per-pair points.
+With `dynamic_pairs` M may be left open in a traced graph (one trace serves every bucket). Only the
+matched pairs (ordered by image and query, as the reference orders them) are point-sampled; with
+`dynamic_pairs=False` all R rows are, the unmatched ones masked, so that the loss runs under
+`tf.function(jit_compile=True)` with the "tf" matcher (and traces once per M).
 
 Normalisers and gradient accumulation: by default `num_masks` is this batch's number of valid targets,
 averaged over replicas (all-reduced in the replica context), clamped at 1, and `class_weight_sum` is this
@@ -138,12 +139,11 @@ class SetCriterion:
             return [self.num_oversampled, 2], [self.num_points - self.num_uncertain, 2]
         return [self.num_oversampled, 2], [self.num_oversampled - self.num_uncertain]
 
-    def draw_points(self, seed: tf.Tensor, batch_size: int, num_rows: int, num_sets: int) -> list[SetPoints]:
+    def draw_points(self, seed: tf.Tensor, batch_size: int, num_sets: int) -> list[SetPoints]:
         """Stateless uniform draws for `num_sets` prediction sets from one (2,) int32 seed.
 
         The matching points are drawn; `oversampled` and `random` are left as (B, 2) per-image seeds, drawn
-        for the matched pairs only (see `SetPoints`; `materialize` draws all `num_rows` rows)."""
-        del num_rows  # the per-row draws are made after matching
+        after matching for the matched pairs only (see `SetPoints`; `materialize` draws R rows)."""
         seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int32), num=3 * num_sets)
         split = tf.random.experimental.stateless_split
         return [
@@ -211,8 +211,8 @@ class SetCriterion:
 
         target_maps: `map_major` layout of all target masks as one image, (1, B*M, H, W)."""
         batch, num_queries = query_target.shape
-        num_slots = target_maps.num_maps // batch
-        num_rows = min(num_queries, num_slots)
+        num_slots = target_maps.num_maps // batch  # an int, or a tensor in a graph traced for any M
+        num_rows = min(num_queries, num_slots) if isinstance(num_slots, int) else tf.minimum(num_queries, num_slots)
         matched = query_target >= 0
         # Matched queries first, in query order: (B, Q) -> (B, R).
         query = tf.argsort(tf.cast(~matched, tf.int32), axis=1, stable=True)[:, :num_rows]
@@ -267,14 +267,12 @@ class SetCriterion:
             tf.cast(targets["valid"], tf.bool),
         )
         batch_size, num_queries = outputs["pred_masks"].shape[:2]
-        num_slots = valid.shape[1]
         canvas = self._check_shapes(prediction_sets, masks, labels, valid)
 
-        num_rows = min(num_queries, num_slots)
         if points is None:
             if seed is None:
                 seed = tf.random.uniform([2], 0, 2**31 - 1, dtype=tf.int32)
-            points = self.draw_points(seed, batch_size, num_rows, len(prediction_sets))
+            points = self.draw_points(seed, batch_size, len(prediction_sets))
         if len(points) != len(prediction_sets):
             raise ValueError(f"points has {len(points)} entries for {len(prediction_sets)} prediction sets")
 

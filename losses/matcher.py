@@ -18,7 +18,7 @@ import numpy as np
 import scipy.optimize
 import tensorflow as tf
 
-from losses.point_sampling import Layout, pixel_major, read_shared
+from losses.point_sampling import Layout, dim, pixel_major, read_shared
 
 # A diverged model can produce non-finite costs; they become this (finite) value, so such pairs are
 # matched only when nothing else is possible (transformers uses float max with scipy's float64 solver;
@@ -80,7 +80,7 @@ def _solve_rows(cost: tf.Tensor, row_valid: tf.Tensor, col_valid: tf.Tensor) -> 
     Returns:
         col4row (N, R) and row4col (N, C) int32, -1 where unassigned.
     """
-    num_problems, num_rows, num_cols = cost.shape
+    num_problems, num_rows, num_cols = cost.shape[0], dim(cost, 1), dim(cost, 2)
     row_ids = tf.range(num_rows, dtype=tf.int32)[None]
     col_ids = tf.range(num_cols, dtype=tf.int32)[None]
     inf = tf.constant(np.inf, tf.float32)
@@ -182,13 +182,14 @@ def linear_sum_assignment_tf(
     Returns:
         (N, R) int32: the column assigned to each row, -1 where none.
     """
-    num_problems, num_rows, num_cols = cost.shape
+    num_problems, num_rows, num_cols = cost.shape[0], dim(cost, 1), dim(cost, 2)
     if row_valid is None:
         row_valid = tf.ones([num_problems, num_rows], tf.bool)
     if col_valid is None:
         col_valid = tf.ones([num_problems, num_cols], tf.bool)
-    size = max(num_rows, num_cols)
-    if size == 0:
+    static = isinstance(num_rows, int) and isinstance(num_cols, int)
+    size = max(num_rows, num_cols) if static else tf.maximum(num_rows, num_cols)
+    if isinstance(size, int) and size == 0:
         return tf.fill([num_problems, num_rows], -1)
     cost = tf.cast(cost, tf.float32)
     cost = tf.where(tf.math.is_finite(cost), cost, NONFINITE_COST)

@@ -31,12 +31,20 @@ from typing import NamedTuple
 import tensorflow as tf
 
 
+def dim(x: tf.Tensor, axis: int) -> int | tf.Tensor:
+    """x's size along `axis`: the int where the shape knows it, else a scalar tensor (e.g. the target
+    slots of a training step traced for any bucket)."""
+    size = x.shape[axis]
+    return size if size is not None else tf.shape(x)[axis]
+
+
 class Layout(NamedTuple):
     """Maps ready for point reads (see the module docstring).
 
     data: `pixel_major` (B, H*W, N) float32, or int32 words (B, H*W, ceil(N/4)) for 8-bit maps;
         `map_major` (B, N*(H+2)*(W+2), 4) float32 corner table, or int32 words (B, ceil(N*H*W/4)) for 8-bit maps.
-    num_maps: N. size: (H, W). canvas: (Hc, Wc) >= (H, W), the zero canvas the coordinates refer to.
+    num_maps: N, an int or (where the shape leaves it open) a scalar tensor. size: (H, W).
+    canvas: (Hc, Wc) >= (H, W), the zero canvas the coordinates refer to.
     bytes: True for 8-bit maps.
     maps: float `map_major` only, the maps (B, N*H*W) the table was built from (without their gradient):
         gradients of reads go to them directly, not through the table (its gradient is 4 strided copies
@@ -44,7 +52,7 @@ class Layout(NamedTuple):
     """
 
     data: tf.Tensor
-    num_maps: int
+    num_maps: int | tf.Tensor
     size: tuple[int, int]
     canvas: tuple[int, int]
     bytes: bool
@@ -61,24 +69,27 @@ def _prepare(maps: tf.Tensor, canvas: tuple[int, int] | None):
 def pixel_major(maps: tf.Tensor, canvas: tuple[int, int] | None = None) -> Layout:
     """Layout for reading all maps of an image at shared points. maps: (B, N, H, W) float or 8-bit."""
     maps, size, canvas, is_bytes = _prepare(maps, canvas)
-    batch, num_maps = maps.shape[:2]
-    rows = tf.transpose(tf.reshape(maps, [batch, num_maps, -1]), [0, 2, 1])  # [B, N, HW] -> [B, HW, N]
+    batch, num_maps, pixels = maps.shape[0], dim(maps, 1), size[0] * size[1]
+    rows = tf.transpose(tf.reshape(maps, [batch, num_maps, pixels]), [0, 2, 1])  # [B, N, HW] -> [B, HW, N]
     if is_bytes:
         rows = tf.pad(rows, [[0, 0], [0, 0], [0, -num_maps % 4]])
-        rows = tf.bitcast(tf.reshape(rows, [batch, rows.shape[1], -1, 4]), tf.int32)  # (B, HW, ceil(N / 4))
+        rows = tf.bitcast(tf.reshape(rows, [batch, pixels, -1, 4]), tf.int32)  # (B, HW, ceil(N / 4))
     return Layout(rows, num_maps, size, canvas, is_bytes)
 
 
 def map_major(maps: tf.Tensor, canvas: tuple[int, int] | None = None) -> Layout:
     """Layout for reading map `rows[b, r]` at its own points. maps: (B, N, H, W) float or 8-bit."""
     maps, size, canvas, is_bytes = _prepare(maps, canvas)
-    batch, num_maps = maps.shape[:2]
+    batch, num_maps = maps.shape[0], dim(maps, 1)
     height, width = size
-    if num_maps is not None and num_maps * (height + 2) * (width + 2) >= 2**31:
-        raise ValueError(f"{num_maps} masks of {height}x{width} pixels exceed int32 indexing; lower data.max_instances")
+    too_many = f"masks of {height}x{width} pixels exceed int32 indexing; lower data.max_instances"
+    if isinstance(num_maps, int) and num_maps * (height + 2) * (width + 2) >= 2**31:
+        raise ValueError(f"{num_maps} {too_many}")
     if is_bytes:
         flat = tf.reshape(maps, [batch, -1])
-        flat = tf.pad(flat, [[0, 0], [0, -flat.shape[1] % 4]])
+        if not isinstance(num_maps, int):  # checked when the step runs
+            tf.debugging.assert_less(tf.shape(flat, tf.int64)[1], tf.constant(2**31, tf.int64), message=too_many)
+        flat = tf.pad(flat, [[0, 0], [0, -dim(flat, 1) % 4]])
         return Layout(tf.bitcast(tf.reshape(flat, [batch, -1, 4]), tf.int32), num_maps, size, canvas, True)
     padded = tf.pad(tf.stop_gradient(maps), [[0, 0], [0, 0], [1, 2], [1, 2]])
     cells = tf.stack(
@@ -133,7 +144,7 @@ def read_shared(layout: Layout, coords: tf.Tensor) -> tf.Tensor:
     for index in indices:
         rows = tf.gather(layout.data, index, batch_dims=1)  # (B, P, N) or words (B, P, ceil(N / 4))
         if layout.bytes:
-            rows = tf.reshape(tf.bitcast(rows, tf.uint8), [rows.shape[0], -1, 4 * rows.shape[2]])
+            rows = tf.reshape(tf.bitcast(rows, tf.uint8), [rows.shape[0], rows.shape[1], -1])
             rows = tf.cast(rows[:, :, : layout.num_maps], tf.float32)
         values.append(rows)
     return _weighted_sum(values, [w[:, :, None] for w in weights])

@@ -46,7 +46,7 @@ def make_problem(instances_per_image, target_size=(32, 32), seed=0, num_slots=NU
 
 def make_points(criterion, batch, seed=1, num_slots=NUM_SLOTS):
     rows = min(NUM_QUERIES, num_slots)
-    drawn = criterion.materialize(criterion.draw_points(tf.constant([seed, 0]), batch, rows, NUM_SETS), rows)
+    drawn = criterion.materialize(criterion.draw_points(tf.constant([seed, 0]), batch, NUM_SETS), rows)
     return [SetPoints(*(np.asarray(t) for t in p)) for p in drawn]
 
 
@@ -154,7 +154,7 @@ def test_per_image_seeds_draw_the_materialized_rows_of_the_matched_pairs():
     outputs, targets = to_tf(*make_problem([2, 6], seed=14))
     for dynamic_pairs in (True, False):
         criterion = SetCriterion(NUM_CLASSES, HungarianMatcher(), num_points=NUM_POINTS, dynamic_pairs=dynamic_pairs)
-        lazy = criterion.draw_points(tf.constant([8, 9]), 2, NUM_SLOTS, NUM_SETS)
+        lazy = criterion.draw_points(tf.constant([8, 9]), 2, NUM_SETS)
         assert lazy[0].oversampled.shape == (2, 2) and lazy[0].match.shape == (2, NUM_POINTS, 2)
         drawn = criterion.materialize(lazy, NUM_SLOTS)
         assert drawn[0].oversampled.shape == (2, NUM_SLOTS, 3 * NUM_POINTS, 2)
@@ -217,6 +217,26 @@ def test_traces_once_and_compiles_with_xla():
                 np.testing.assert_allclose(float(compiled[key]), float(value), rtol=1e-5, err_msg=key)
     assert loss_fn.experimental_get_tracing_count() == 1
     assert xla_fn.experimental_get_tracing_count() == 1
+
+
+@pytest.mark.parametrize("backend", ["scipy", "tf"])
+def test_one_trace_with_the_slot_count_open_serves_every_bucket(backend):
+    """A graph traced with M unknown (what `TrainStep` traces) gives the eager losses for targets padded
+    to 8 and to 16 slots; padding more empty slots changes no loss."""
+    outputs, targets = to_tf(*make_problem([3, 6], seed=21))
+    criterion, seed = make_criterion(backend), tf.constant([2, 3])
+    open_slots = {key: tf.TensorSpec([2, None, *value.shape[2:]], value.dtype) for key, value in targets.items()}
+    loss_fn = tf.function(lambda t: criterion(outputs, t, seed=seed))
+    loss_fn.get_concrete_function(open_slots)
+    eager = criterion(outputs, targets, seed=seed)
+    padded = {
+        key: tf.pad(value, [[0, 0], [0, 8]] + [[0, 0]] * (value.shape.rank - 2)) for key, value in targets.items()
+    }
+    for bucket in (targets, padded):
+        traced = loss_fn(bucket)
+        for key, value in eager.items():
+            np.testing.assert_allclose(float(traced[key]), float(value), rtol=1e-5, err_msg=key)
+    assert loss_fn.experimental_get_tracing_count() == 1
 
 
 def test_backends_agree_and_seed_controls_draws():

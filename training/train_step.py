@@ -15,11 +15,14 @@ Exactness (gradient accumulation and replicas equal one step on the whole global
 The class cross-entropy denominator is global too (the official code divides by each replica's own
 weight sum), so that every split of the batch trains alike.
 
-The step is one `tf.function`, traced once per target slot count M (the pipeline pads each batch's
+The step is one `tf.function`, traced once: the target slot count M (the pipeline pads each batch's
 targets to one of a few buckets, see data/pipeline.py; local replicas of a step are padded to the
-largest of theirs here): the micro-steps are a `tf.while_loop` whose carried tensors are the
-accumulation buffers, the micro-batch comes from reshaping the replica's batch to (k, b, ...), and
-nothing else depends on Python values that change between steps.
+largest of theirs here) is left open in the trace, so every bucket runs the same graph (tracing and
+optimising the R50 step takes about 2 minutes on 2 CPU cores). With `jit_compile` (XLA) or a criterion
+without `dynamic_pairs` (TPU) shapes must be static, and the step traces once per M. The micro-steps
+are a `tf.while_loop` whose carried tensors are the accumulation buffers, the micro-batch comes from
+reshaping the replica's batch to (k, b, ...), and nothing else depends on Python values that change
+between steps.
 """
 
 from __future__ import annotations
@@ -28,12 +31,32 @@ import keras
 import tensorflow as tf
 
 from losses.criterion import SetPoints
+from losses.point_sampling import dim
 
 
 def loss_names(num_decoder_layers: int) -> list[str]:
     """The criterion's loss keys for 1 + num_decoder_layers prediction sets, `loss_total` last."""
     suffixes = [""] + [f"_{i}" for i in range(num_decoder_layers)]
     return [f"loss_{term}{s}" for s in suffixes for term in ("ce", "mask", "dice")] + ["loss_total"]
+
+
+SLOT_KEYS = ("masks", "labels", "valid")  # the batch entries whose axis 1 is the target slots
+
+
+def _any_slot_count(batch) -> dict:
+    """The type of `batch` (tensors or a strategy's per-replica values) with the slot axis left open."""
+
+    def relax(spec):
+        return tf.TensorSpec([spec.shape[0], None, *spec.shape[2:]], spec.dtype)
+
+    specs = {}
+    for key, value in batch.items():
+        spec = tf.type_spec_from_value(value)
+        if key in SLOT_KEYS:  # a tensor's spec, or a `PerReplicaSpec` of one spec per local replica
+            parts = [relax(part) for part in tf.nest.flatten(spec, expand_composites=True)]
+            spec = parts[0] if isinstance(spec, tf.TensorSpec) else type(spec)(*parts)
+        specs[key] = spec
+    return specs
 
 
 class TrainStep:
@@ -91,7 +114,10 @@ class TrainStep:
         self._function = tf.function(self._train_step)
 
     def __call__(self, batch) -> dict[str, tf.Tensor]:
-        return self._function(self._same_slots(batch))
+        batch = self._same_slots(batch)
+        if self.criterion.dynamic_pairs and self._function.experimental_get_tracing_count() == 0:
+            self._function.get_concrete_function(_any_slot_count(batch))  # later batches reuse this trace
+        return self._function(batch)
 
     def _same_slots(self, batch):
         """Pads every local replica's targets to the largest slot count among them (one trace per step)."""
@@ -166,7 +192,10 @@ class TrainStep:
         summed = context.all_reduce(tf.distribute.ReduceOp.SUM, [local["num_masks"], local["class_weight_sum"]])
         normalizers = {"num_masks": summed[0] / replicas, "class_weight_sum": summed[1] / replicas}
 
-        micro_batches = {key: tf.reshape(value, [k, b, *value.shape[1:]]) for key, value in batch.items()}
+        micro_batches = {
+            key: tf.reshape(value, [k, b, *(dim(value, axis) for axis in range(1, value.shape.rank))])
+            for key, value in batch.items()
+        }
         first_image = tf.cast(context.replica_id_in_sync_group, tf.int64) * self.replica_batch_size
         variables = self.model.trainable_variables
 
@@ -195,7 +224,7 @@ class TrainStep:
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
             outputs = self.model(micro["image"], training=True)
-            points = self._points(step, first_image, micro["valid"].shape[1])
+            points = self._points(step, first_image)
             losses = self.criterion(outputs, micro, points=points, **normalizers)
             scaled = losses["loss_total"] * tf.cast(self._loss_scale(), tf.float32)
         grads = tape.gradient(scaled, variables)
@@ -205,14 +234,13 @@ class TrainStep:
         ]
         return grads, {name: losses[name] for name in self.loss_names}
 
-    def _points(self, step, first_image, num_slots) -> list[SetPoints]:
+    def _points(self, step, first_image) -> list[SetPoints]:
         """The criterion's points for images first_image .. first_image + b - 1 of the global batch."""
         fold_in = tf.random.experimental.stateless_fold_in
         step_seed = fold_in(tf.constant([self.seed, 0], tf.int64), step)
-        num_rows = min(self.model.num_queries, num_slots)
         num_sets = self.model.num_decoder_layers + 1
         per_image = [
-            self.criterion.draw_points(fold_in(step_seed, first_image + j), 1, num_rows, num_sets)
+            self.criterion.draw_points(fold_in(step_seed, first_image + j), 1, num_sets)
             for j in range(self.micro_batch_size)
         ]
         return [
