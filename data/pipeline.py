@@ -59,7 +59,8 @@ def instance_bucket(count: int, max_instances: int) -> int:
 def pad_to_bucket(batch: dict[str, tf.Tensor], max_instances: int) -> dict[str, tf.Tensor]:
     """Pads the target slots of a padded batch (masks (B, n, H, W), labels, valid, boxes) to its bucket.
 
-    Few buckets = few traces of the training step, and no batch carries `max_instances` full-size masks.
+    No batch carries `max_instances` full-size masks, and few buckets mean few traces of the training step
+    where its shapes must be static (XLA, TPU; otherwise one trace serves every bucket).
     """
     buckets = tf.constant(instance_buckets(max_instances))
     slots = tf.reduce_min(tf.boolean_mask(buckets, buckets >= tf.shape(batch["valid"])[1]))
@@ -102,7 +103,8 @@ def build_dataset(
         are decoded (resuming a run at its data position; each keeps its augmentation seed).
     bucket_instances: training batches only; the target slots M of each batch are the smallest of
         1, 2, 4, ..., data.max_instances that holds its largest image's targets (`pad_to_bucket`),
-        instead of always data.max_instances. The training step then traces once per bucket in use.
+        instead of always data.max_instances. One trace of the training step serves them all (under XLA,
+        one trace per bucket in use).
     """
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
