@@ -189,7 +189,7 @@ def linear_sum_assignment_tf(
         col_valid = tf.ones([num_problems, num_cols], tf.bool)
     static = isinstance(num_rows, int) and isinstance(num_cols, int)
     size = max(num_rows, num_cols) if static else tf.maximum(num_rows, num_cols)
-    if isinstance(size, int) and size == 0:
+    if static and size == 0:
         return tf.fill([num_problems, num_rows], -1)
     cost = tf.cast(cost, tf.float32)
     cost = tf.where(tf.math.is_finite(cost), cost, NONFINITE_COST)
