@@ -71,7 +71,7 @@ class LossConfig:
     num_points: int = 12544  # 112 * 112 points per mask
     oversample_ratio: float = 3.0
     importance_sample_ratio: float = 0.75
-    matcher: str = "scipy"  # "scipy" (linear_sum_assignment) or "tf" (pure TF, XLA/TPU-ready)
+    matcher: str = "scipy"  # "scipy" (linear_sum_assignment on the host) or "device" (on the accelerator, XLA/TPU)
     random_points: str = "fresh"  # importance sampling's random share: "fresh" uniform (official) or "oversampled"
 
 
@@ -208,7 +208,7 @@ class Mask2FormerConfig:
             (m.encoder_layers >= 0, "model.encoder_layers must be >= 0"),
             (m.size_divisibility % 32 == 0, "model.size_divisibility must be a multiple of 32"),
             (all(s > 0 for s in m.pixel_std), "model.pixel_std must be positive"),
-            (loss.matcher in ("scipy", "tf"), "loss.matcher must be 'scipy' or 'tf'"),
+            (loss.matcher in ("scipy", "device", "tf"), "loss.matcher must be 'scipy' or 'device'"),
             (
                 loss.random_points in ("fresh", "oversampled"),
                 "loss.random_points must be 'fresh' or 'oversampled'",
@@ -250,11 +250,11 @@ class Mask2FormerConfig:
             ),
             (
                 not (t.jit_compile and loss.matcher == "scipy"),
-                "train.jit_compile=true cannot compile loss.matcher='scipy' (numpy_function); set loss.matcher='tf'",
+                "train.jit_compile=true cannot compile loss.matcher='scipy' (numpy_function); set loss.matcher='device'",
             ),
             (
                 not (t.distribution == "tpu" and loss.matcher == "scipy"),
-                "loss.matcher='scipy' cannot run on TPU (no numpy_function there); set loss.matcher='tf'",
+                "loss.matcher='scipy' cannot run on TPU (no numpy_function there); set loss.matcher='device'",
             ),
             (t.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
             (t.max_nonfinite_steps >= 1, "train.max_nonfinite_steps must be >= 1"),

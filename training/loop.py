@@ -164,9 +164,10 @@ def _train(config, resume, allow_config_change, criterion, stop: StopRequests) -
     if chief:
         config.save(os.path.join(t.output_dir, CONFIG_FILE))
 
+    on_tpu = isinstance(strategy, tf.distribute.TPUStrategy)
     train_step = TrainStep(
         model,
-        criterion or build_criterion(config),
+        criterion or build_criterion(config, dynamic_pairs=not (t.jit_compile or on_tpu)),
         optimizer,
         strategy,
         step,
@@ -176,7 +177,7 @@ def _train(config, resume, allow_config_change, criterion, stop: StopRequests) -
         learning_rate=schedule,
         jit_compile=t.jit_compile,
     )
-    render = not isinstance(strategy, tf.distribute.TPUStrategy)  # predictions are drawn on the host
+    render = not on_tpu  # predictions are drawn on the host
     categories = load_categories(config, config.data.train_files)
     reporter = TrainingReporter(
         t.output_dir,

@@ -18,7 +18,6 @@ Official recipe (Mask2Former `build_optimizer`, detectron2 `get_default_optimize
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 NORM_LAYERS = (keras.layers.LayerNormalization, keras.layers.GroupNormalization, keras.layers.BatchNormalization)
@@ -100,6 +99,13 @@ class GroupedAdamW(keras.optimizers.AdamW):
     def _apply_weight_decay(self, variables):
         if self.weight_decay is None:
             return
+        if keras.backend.backend() != "tensorflow":  # one device (JAX, PyTorch): plain assignments
+            for variable in variables:
+                if self._use_weight_decay(variable):
+                    lr = ops.cast(self.learning_rate, variable.dtype) * self._multiplier(variable)
+                    variable.assign(variable - variable * ops.cast(self.weight_decay, variable.dtype) * lr)
+            return
+        import tensorflow as tf  # a strategy's variables are updated in its cross-replica merge call
 
         def apply_decay(distribution, variables):
             def decay(variable, multiplier):
@@ -145,6 +151,11 @@ def build_optimizer(train_config, model, learning_rate) -> keras.optimizers.Opti
 
 def clip_by_global_norm(grads, max_norm: float):
     """torch's `clip_grad_norm_` over all gradients: returns (clipped grads, norm before clipping)."""
-    norm = tf.linalg.global_norm(grads)
-    coef = tf.minimum(1.0, max_norm / (norm + 1e-6))
+    norm = global_norm(grads)
+    coef = ops.minimum(1.0, max_norm / (norm + 1e-6))
     return [g * coef for g in grads], norm
+
+
+def global_norm(grads):
+    """sqrt of the sum of squares of all gradients, float32 (as `tf.linalg.global_norm`)."""
+    return ops.sqrt(sum(ops.sum(ops.square(ops.cast(g, "float32"))) for g in grads))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 WARMUP_START_FACTOR = 0.001  # detectron2's SOLVER.WARMUP_FACTOR default
 
@@ -53,18 +53,18 @@ class Mask2FormerSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.warmup_steps = warmup_steps
 
     def __call__(self, step):
-        step = tf.cast(step, tf.float32)
+        step = ops.cast(step, "float32")
         if self.kind == "step":
-            passed = tf.add_n([tf.cast(step >= s, tf.float32) for s in self.decay_steps] + [tf.constant(0.0)])
-            decay = tf.pow(tf.constant(self.decay_factor, tf.float32), passed)
+            passed = sum((ops.cast(step >= s, "float32") for s in self.decay_steps), ops.zeros_like(step))
+            decay = ops.power(ops.cast(self.decay_factor, "float32"), passed)
         else:
-            progress = tf.clip_by_value(step / float(self.max_steps), 0.0, 1.0)
+            progress = ops.clip(step / float(self.max_steps), 0.0, 1.0)
             if self.kind == "poly":
-                decay = tf.pow(1.0 - progress, self.poly_power)
+                decay = ops.power(1.0 - progress, self.poly_power)
             else:
-                decay = 0.5 * (1.0 + tf.cos(math.pi * progress))
+                decay = 0.5 * (1.0 + ops.cos(math.pi * progress))
         if self.warmup_steps > 0:
-            alpha = tf.minimum(step / float(self.warmup_steps), 1.0)
+            alpha = ops.minimum(step / float(self.warmup_steps), 1.0)
             decay *= WARMUP_START_FACTOR * (1.0 - alpha) + alpha
         return self.base_lr * decay
 

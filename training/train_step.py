@@ -238,12 +238,5 @@ class TrainStep:
         """The criterion's points for images first_image .. first_image + b - 1 of the global batch."""
         fold_in = tf.random.experimental.stateless_fold_in
         step_seed = fold_in(tf.constant([self.seed, 0], tf.int64), step)
-        num_sets = self.model.num_decoder_layers + 1
-        per_image = [
-            self.criterion.draw_points(fold_in(step_seed, first_image + j), 1, num_sets)
-            for j in range(self.micro_batch_size)
-        ]
-        return [
-            SetPoints(*(tf.concat([image[s][f] for image in per_image], axis=0) for f in range(3)))
-            for s in range(num_sets)
-        ]
+        seeds = tf.stack([fold_in(step_seed, first_image + j) for j in range(self.micro_batch_size)])
+        return self.criterion.draw_points(seeds, self.model.num_decoder_layers + 1)
