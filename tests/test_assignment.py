@@ -1,10 +1,10 @@
 """Both assignment solvers reach scipy's minimum total cost on every backend: TensorFlow in this process
 (eagerly, traced with the column axis open, under XLA), JAX (`jax.jit`) and PyTorch in one subprocess each.
 
-The problems: continuous costs, integer costs from a tiny range and all-equal matrices (many optima),
-scattered invalid rows and columns, non-finite entries, problems with no valid row or column, and
-empty shapes (R x 0, 0 x C, 0 x 0). Where several assignments are optimal the device solver may pick
-another one than scipy; the tests print how often it picks scipy's own.
+The problems: continuous costs (also spanning orders of magnitude), integer costs from a tiny range
+and all-equal matrices (many optima), scattered invalid rows and columns, non-finite entries, problems
+with no valid row or column, and empty shapes (R x 0, 0 x C, 0 x 0). Where several assignments are
+optimal the device solver may pick another one than scipy; the tests print how often it picks scipy's.
 """
 
 import importlib.util
@@ -27,10 +27,28 @@ from losses.assignment import (
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {"JAX_PLATFORMS": "cpu", "OMP_WAIT_POLICY": "PASSIVE", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
-SHAPES = {"wide": (5, 9), "tall": (9, 5), "square": (7, 7), "large": (30, 45), "rows_only": (4, 0)}
-SHAPES.update({"cols_only": (0, 4), "nothing": (0, 0)})
+ARRAYS = ("cost", "row_valid", "col_valid")
+# (rows, columns) of each problem set; sets with the same row count share one TensorFlow trace.
+SHAPES = {
+    "wide": (6, 9),
+    "tall": (6, 4),
+    "square": (6, 6),
+    "no_columns": (6, 0),
+    "large": (30, 45),
+    "no_rows": (0, 4),
+    "nothing": (0, 0),
+}
+# What the default suite compiles: a trace costs ~1 s, an XLA compilation 2-4 s (eager TF: 5 s for
+# "large"). The slow test runs every set everywhere, and 240 problems of up to 100 x 100.
+QUICK = {
+    "tensorflow eager": [name for name in SHAPES if name != "large"],
+    "tensorflow graph": list(SHAPES),
+    "tensorflow xla": ["tall", "no_columns"],
+    "jax": ["wide", "tall", "no_columns", "no_rows", "nothing"],
+    "torch": list(SHAPES),
+}
 
-# Runs every solver on every problem set of problems.npz under the subprocess's KERAS_BACKEND.
+# Every solver on the named problem sets of problems.npz, under the subprocess's KERAS_BACKEND.
 RUN = """
 import sys, keras, numpy as np
 from losses.assignment import ASSIGNMENT_BACKENDS
@@ -48,42 +66,44 @@ for solver in ("device", "scipy"):
 np.savez(sys.argv[2], backend=backend, **results)
 """
 
-
-def problem_set(rows, cols, rng):
-    """(N, rows, cols) float32 costs with (N, rows) and (N, cols) validity masks, one kind per problem."""
-    costs, row_valid, col_valid = [], [], []
-    for kind in (
-        ["uniform"] * 4
-        + ["scattered"] * 3
-        + ["nan", "inf", "-inf", "ties", "ties", "binary"]
-        + [
-            "constant",
-            "no rows",
-            "no columns",
-        ]
-    ):
-        cost = rng.uniform(-1, 3, (rows, cols))
-        valid_rows, valid_cols = np.ones(rows, bool), np.ones(cols, bool)
-        if kind in ("scattered", "ties"):  # about a third of the rows and columns invalid
-            valid_rows, valid_cols = rng.uniform(size=rows) > 0.3, rng.uniform(size=cols) > 0.3
-        if kind in ("nan", "inf", "-inf") and cost.size:
-            cost[rng.integers(rows), rng.integers(cols)] = float(kind)
-        if kind in ("ties", "binary"):
-            cost = rng.integers(0, 3 if kind == "ties" else 2, (rows, cols))
-        if kind == "constant":
-            cost = np.full((rows, cols), 2.5)
-        valid_rows &= kind != "no rows"
-        valid_cols &= kind != "no columns"
-        costs.append(cost.astype(np.float32))
-        row_valid.append(valid_rows)
-        col_valid.append(valid_cols)
-    return np.stack(costs), np.stack(row_valid), np.stack(col_valid)
+KINDS = ["uniform"] * 3 + ["scales", "scattered", "scattered", "nan", "inf", "-inf"]
+KINDS += ["ties", "ties", "binary", "constant", "no valid row", "no valid column"]
 
 
-@pytest.fixture(scope="module")
-def problems():
+def problem(kind, rows, cols, rng):
+    """One (rows, cols) float32 cost matrix of the given kind, with its row and column validity."""
+    cost = rng.uniform(-1, 3, (rows, cols))
+    if kind == "scales":  # as matching costs: rows a few orders of magnitude apart
+        cost = rng.uniform(-20, 20, (rows, cols)) * 10.0 ** rng.integers(-3, 2, (rows, 1))
+    if kind in ("nan", "inf", "-inf") and cost.size:
+        cost[rng.integers(rows), rng.integers(cols)] = float(kind)
+    if kind in ("ties", "binary"):
+        cost = rng.integers(0, 3 if kind == "ties" else 2, (rows, cols))
+    if kind == "constant":
+        cost = np.full((rows, cols), 2.5)
+    valid_rows, valid_cols = np.ones(rows, bool), np.ones(cols, bool)
+    if kind in ("scattered", "ties"):  # about a third of the rows and columns invalid
+        valid_rows, valid_cols = rng.uniform(size=rows) > 0.3, rng.uniform(size=cols) > 0.3
+    return cost.astype(np.float32), valid_rows & (kind != "no valid row"), valid_cols & (kind != "no valid column")
+
+
+def stack(problems):
+    return tuple(np.stack(arrays) for arrays in zip(*problems, strict=True))
+
+
+def problem_sets(slow=False):
+    """{name: (N, R, C) float32 costs, (N, R) and (N, C) bool validity}: every kind in every shape;
+    with `slow`, also "many": 240 problems of 100 x 100 with 0-100 valid rows and columns."""
     rng = np.random.default_rng(0)
-    return {name: problem_set(rows, cols, rng) for name, (rows, cols) in SHAPES.items()}
+    sets = {name: stack(problem(kind, *shape, rng) for kind in KINDS) for name, shape in SHAPES.items()}
+    if slow:
+        many = []
+        for _ in range(240):
+            cost, _, _ = problem(rng.choice(["uniform", "scales", "ties", "binary", "nan"]), 100, 100, rng)
+            valid_rows, valid_cols = (np.isin(np.arange(100), rng.permutation(100)[: rng.integers(101)]) for _ in "rc")
+            many.append((cost, valid_rows, valid_cols))
+        sets["many"] = stack(many)
+    return sets
 
 
 def check_optimal(row_to_col, costs, row_valid, col_valid, label):
@@ -110,78 +130,114 @@ def check_optimal(row_to_col, costs, row_valid, col_valid, label):
 
 
 def check_all(results, problems, label):
-    """check_optimal on every result, {(solver, problem set): (N, R) int32}; scipy's own solver must
-    give exactly scipy's assignment. Prints how often the device solver does."""
+    """check_optimal on every result, {(solver, set name): (N, R) int32}; scipy's own solver must give
+    exactly scipy's assignment. Prints how often the device solver does."""
     for solver in sorted({solver for solver, _ in results}):
-        same = total = 0
-        for name, (costs, row_valid, col_valid) in problems.items():
-            same += check_optimal(results[solver, name], costs, row_valid, col_valid, f"{label} {solver} {name}")
-            total += len(costs)
-        print(f"{label} {solver}: scipy's own assignment in {same} of {total} problems")
+        names = [name for s, name in results if s == solver]
+        same = sum(check_optimal(results[solver, n], *problems[n], f"{label} {solver} {n}") for n in names)
+        total = sum(len(problems[n][0]) for n in names)
+        print(f"{label} {solver}: scipy's own assignment in {same} of {total} problems ({', '.join(names)})")
         if solver == "scipy":
             assert same == total, f"{label}: the host solver is not scipy's assignment"
 
 
-def test_tensorflow_eager_open_columns_and_xla(problems):
+def run_tensorflow(problems, names):
+    """{mode: {(solver, set name): result}} for eager, graph (traced with the column axis open, as the
+    training step is) and XLA (device solver only: XLA cannot compile a host callback)."""
     import tensorflow as tf
 
-    def open_columns(solve, costs, jit_compile=False):  # traced once with the column axis unknown
+    traced = {}
+
+    def open_columns(solver, costs, jit_compile):  # one trace per solver, row count and mode
         n, r = costs.shape[:2]
-        signature = [
-            tf.TensorSpec([n, r, None], tf.float32),
-            tf.TensorSpec([n, r], tf.bool),
-            tf.TensorSpec([n, None], tf.bool),
-        ]
-        return tf.function(solve, input_signature=signature, jit_compile=jit_compile)
+        key = solver, n, r, jit_compile
+        if key not in traced:
+            signature = [tf.TensorSpec([n, r, None]), tf.TensorSpec([n, r], tf.bool), tf.TensorSpec([n, None], tf.bool)]
+            traced[key] = tf.function(ASSIGNMENT_BACKENDS[solver], input_signature=signature, jit_compile=jit_compile)
+        return traced[key]
 
-    modes = {
-        "eager": (lambda solve, costs: solve, ("device", "scipy")),
-        "graph": (open_columns, ("device", "scipy")),
-        "xla": (lambda solve, costs: open_columns(solve, costs, jit_compile=True), ("device",)),  # no host callback
-    }
-    for mode, (wrap, solvers) in modes.items():
-        results = {}
+    results = {}
+    for mode, solvers in (("eager", ("device", "scipy")), ("graph", ("device", "scipy")), ("xla", ("device",))):
+        results[mode] = {}
         for solver in solvers:
-            for name, args in problems.items():
-                solve = wrap(ASSIGNMENT_BACKENDS[solver], args[0])
-                results[solver, name] = solve(*[tf.constant(a) for a in args]).numpy()
-        check_all(results, problems, f"tensorflow {mode}")
+            for name in names[f"tensorflow {mode}"]:
+                args = [tf.constant(a) for a in problems[name]]
+                solve = ASSIGNMENT_BACKENDS[solver] if mode == "eager" else open_columns(solver, args[0], mode == "xla")
+                results[mode][solver, name] = solve(*args).numpy()
+    return results
 
 
-@pytest.fixture(scope="module")
-def backend_runs(problems, tmp_path_factory):
-    """One subprocess per installed other backend, started together, solving every problem set."""
-    tmp = tmp_path_factory.mktemp("assignment")
-    arrays = {
-        f"{name}/{key}": a for name, p in problems.items() for key, a in zip(("cost", "row_valid", "col_valid"), p, strict=False)
-    }
-    np.savez(tmp / "problems.npz", **arrays)
+def start_backends(problems, names, folder):
+    """One subprocess per installed other backend, started together: {backend: Popen}."""
+    np.savez(
+        folder / "problems.npz", **{f"{n}/{k}": a for n, p in problems.items() for k, a in zip(ARRAYS, p, strict=True)}
+    )
     runs = {}
     for backend in ("jax", "torch"):
         if importlib.util.find_spec(backend) is not None:
             env = {**os.environ, "KERAS_BACKEND": backend, **ENV}
-            command = [sys.executable, "-c", RUN, str(tmp / "problems.npz"), str(tmp / f"{backend}.npz"), *problems]
+            command = [sys.executable, "-c", RUN, str(folder / "problems.npz"), str(folder / f"{backend}.npz")]
             runs[backend] = subprocess.Popen(
-                command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+                [*command, *names[backend]], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
             )
-    yield tmp, runs
-    for process in runs.values():  # a failed test's subprocess is not left running
+    return runs
+
+
+def backend_results(runs, backend, names, folder):
+    """{(solver, set name): result} of a subprocess started by `start_backends`."""
+    output = runs[backend].communicate(timeout=900)[0].decode()
+    assert runs[backend].returncode == 0, output[-3000:]
+    got = np.load(folder / f"{backend}.npz")
+    assert str(got["backend"]) == backend
+    return {(solver, name): got[f"{solver}/{name}"] for solver in ("device", "scipy") for name in names[backend]}
+
+
+def stop(runs):
+    """Ends the subprocesses still running (those of a failed test)."""
+    for process in runs.values():
         if process.poll() is None:
             process.kill()
         process.wait()
 
 
+@pytest.fixture(scope="module")
+def quick_runs(tmp_path_factory):
+    """The default suite's problem sets, and its subprocesses (started before the TensorFlow test)."""
+    folder = tmp_path_factory.mktemp("assignment")
+    problems = problem_sets()
+    runs = start_backends(problems, QUICK, folder)
+    yield problems, runs, folder
+    stop(runs)
+
+
+def test_tensorflow_eager_open_columns_and_xla(quick_runs):
+    problems = quick_runs[0]
+    for mode, results in run_tensorflow(problems, QUICK).items():
+        check_all(results, problems, f"tensorflow {mode}")
+
+
 @pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_other_backends(backend_runs, problems, backend):
-    tmp, runs = backend_runs
+def test_other_backends(quick_runs, backend):
+    problems, runs, folder = quick_runs
     if backend not in runs:
         pytest.skip(f"{backend} is not installed")
-    output = runs[backend].communicate(timeout=600)[0].decode()
-    assert runs[backend].returncode == 0, output[-3000:]
-    got = np.load(tmp / f"{backend}.npz")
-    assert str(got["backend"]) == backend
-    results = {(solver, name): got[f"{solver}/{name}"] for solver in ("device", "scipy") for name in problems}
-    check_all(results, problems, backend)
+    check_all(backend_results(runs, backend, QUICK, folder), problems, backend)
+
+
+@pytest.mark.slow
+def test_every_set_on_every_backend_and_large_problems(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("assignment_slow")
+    problems = problem_sets(slow=True)
+    names = {label: list(problems) for label in QUICK}
+    names["tensorflow eager"] = list(SHAPES)  # eager TensorFlow would take minutes on "many"
+    runs = start_backends(problems, names, folder)
+    try:
+        for mode, results in run_tensorflow(problems, names).items():
+            check_all(results, problems, f"tensorflow {mode}")
+        for backend in runs:
+            check_all(backend_results(runs, backend, names, folder), problems, backend)
+    finally:
+        stop(runs)
 
 
 def test_old_name_and_defaults():
