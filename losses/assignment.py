@@ -5,7 +5,7 @@ the column of each row or -1: min(#valid rows, #valid columns) pairs of minimum 
 `scipy.optimize.linear_sum_assignment` gives on each problem's valid sub-matrix.
   - `linear_sum_assignment_device`: the exact shortest-augmenting-path Hungarian algorithm that scipy
     implements (Crouse 2016) in `keras.ops`, all problems in lockstep; it compiles with XLA
-    (`tf.function(jit_compile=True)`, `jax.jit`), so it also runs on TPU, and runs eagerly on PyTorch.
+    (`tf.function(jit_compile=True)`, `jax.jit`), so it can run on TPU, and runs eagerly on PyTorch.
   - `linear_sum_assignment_host`: scipy on the host, called from inside compiled code
     (`tf.numpy_function`, `jax.pure_callback`) or directly on PyTorch.
 Among optima of equal cost the two may pick different assignments.
@@ -161,12 +161,12 @@ def linear_sum_assignment_device(cost, row_valid=None, col_valid=None):
     Returns:
         (N, R) int32: the column assigned to each row, -1 where none.
     """
-    _num_problems, num_rows, num_cols = dim(cost, 0), dim(cost, 1), dim(cost, 2)
+    num_rows, num_cols = dim(cost, 1), dim(cost, 2)
     row_valid, col_valid = _masks_or_all(cost, row_valid, col_valid)
     static = isinstance(num_rows, int) and isinstance(num_cols, int)
     # At least 1: XLA compiles the loops' bodies even where they never run, and an argmax over 0 columns fails.
     size = max(num_rows, num_cols, 1) if static else ops.maximum(ops.maximum(num_rows, num_cols), 1)
-    cost = ops.cast(cost, "float32")
+    cost = ops.stop_gradient(ops.cast(cost, "float32"))
     cost = ops.where(ops.isfinite(cost), cost, NONFINITE_COST)
     cost = ops.pad(cost, [[0, 0], [0, size - num_rows], [0, size - num_cols]])
     row_valid = ops.pad(row_valid, [[0, 0], [0, size - num_rows]])
@@ -196,15 +196,15 @@ def _scipy_assign(cost: np.ndarray, row_valid: np.ndarray, col_valid: np.ndarray
 def linear_sum_assignment_host(cost, row_valid=None, col_valid=None):
     """scipy's optimal assignment of each problem's valid rows and columns, on the host.
 
-    Inside compiled code through the backend's host callback (`tf.numpy_function`, `jax.pure_callback`,
-    neither of which XLA can place on a TPU); a plain NumPy call on PyTorch.
+    Inside compiled code through the backend's host callback (`tf.numpy_function`, which XLA cannot
+    compile; `jax.pure_callback`, which copies the costs to the host and back); a NumPy call on PyTorch.
 
     Args:
         cost: (N, R, C) float. row_valid: (N, R) bool, default all. col_valid: (N, C) bool, default all.
     Returns:
         (N, R) int32: the column assigned to each row, -1 where none.
     """
-    cost = ops.convert_to_tensor(cost)
+    cost = ops.stop_gradient(ops.convert_to_tensor(cost))
     row_valid, col_valid = _masks_or_all(cost, row_valid, col_valid)
     backend = keras.backend.backend()
     if backend == "tensorflow":

@@ -232,12 +232,14 @@ def test_every_set_on_every_backend_and_large_problems(tmp_path_factory):
     names["tensorflow eager"] = list(SHAPES)  # eager TensorFlow would take minutes on "many"
     runs = start_backends(problems, names, folder)
     try:
-        for mode, results in run_tensorflow(problems, names).items():
-            check_all(results, problems, f"tensorflow {mode}")
-        for backend in runs:
-            check_all(backend_results(runs, backend, names, folder), problems, backend)
+        results = {f"tensorflow {mode}": r for mode, r in run_tensorflow(problems, names).items()}
+        results.update({backend: backend_results(runs, backend, names, folder) for backend in runs})
     finally:
         stop(runs)
+    for label, result in results.items():
+        check_all(result, problems, label)
+        for key, row_to_col in result.items():  # the same algorithm: the same choice among optima everywhere
+            np.testing.assert_array_equal(row_to_col, results["tensorflow graph"][key], err_msg=f"{label} {key}")
 
 
 def test_old_name_and_defaults():
