@@ -4,7 +4,8 @@
 The problems: continuous costs (also spanning orders of magnitude), integer costs from a tiny range
 and all-equal matrices (many optima), scattered invalid rows and columns, non-finite entries, problems
 with no valid row or column, and empty shapes (R x 0, 0 x C, 0 x 0). Where several assignments are
-optimal the device solver may pick another one than scipy; the tests print how often it picks scipy's.
+optimal the device solver may pick another one than scipy; the tests print how often it picks scipy's,
+and the slow test asserts that it picks the same one on every backend.
 """
 
 import importlib.util
@@ -43,7 +44,7 @@ SHAPES = {
 QUICK = {
     "tensorflow eager": [name for name in SHAPES if name != "large"],
     "tensorflow graph": list(SHAPES),
-    "tensorflow xla": ["tall", "no_columns"],
+    "tensorflow xla": ["tall", "nothing"],  # the training step's shape; an open axis of size 0
     "jax": ["wide", "tall", "no_columns", "no_rows", "nothing"],
     "torch": list(SHAPES),
 }
