@@ -14,9 +14,8 @@ SavedModel signatures (loadable with `tf.saved_model.load` alone, no project cod
   (B, Q, Hp/4, Wp/4), the Keras model's outputs.
 
 Pre-processing equals `test.py`'s: JPEG decoded with libjpeg's accurate integer DCT (as OpenCV),
-then detectron2's `ResizeShortestEdge` with PIL's bilinear filter, reproduced here bit for bit
-(fixed-point coefficients, support widened when downscaling, horizontal pass then vertical, each
-rounded to uint8). EXIF orientation is not applied: send upright pixels.
+then detectron2's `ResizeShortestEdge` with PIL's bilinear filter, reproduced bit for bit by
+`data.resize` (the TFRecord evaluation's code). EXIF orientation is not applied: send upright pixels.
 
 Outputs of the result signatures, per task (N = instances kept, padded with class -1 and score 0):
 - instance: `masks` uint8 (B, N, H, W), `classes` int32 (B, N) contiguous, `category_ids` int32,
@@ -35,7 +34,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-PIL_PRECISION_BITS = 22  # Pillow's Resample.c: 32 - 8 - 2
+from data.resize import resize_for_test
 
 
 @dataclasses.dataclass
@@ -68,7 +67,7 @@ class ExportSettings:
         )
 
 
-# ------------------------------------------------------------------------ decoding and resizing
+# ---------------------------------------------------------------------------------------- decoding
 def decode_image(data):
     """Encoded JPEG / PNG / BMP / GIF bytes -> (H, W, 3) uint8 RGB, JPEG pixels as OpenCV decodes them."""
     return tf.cond(
@@ -85,82 +84,6 @@ def decoded_size(data):
         lambda: tf.io.extract_jpeg_shape(data)[:2],
         lambda: tf.shape(decode_image(data))[:2],
     )
-
-
-def resized_shape(size, min_size: int, max_size: int):
-    """detectron2 `ResizeShortestEdge.get_output_shape` in float64: (2,) int32 (h, w) -> (2,) int32."""
-    height, width = tf.unstack(tf.cast(size, tf.float64))
-    scale = min_size / tf.minimum(height, width)
-    new_height = tf.where(height < width, tf.constant(min_size, tf.float64), scale * height)
-    new_width = tf.where(height < width, scale * width, tf.constant(min_size, tf.float64))
-    longest = tf.maximum(new_height, new_width)
-    shrink = tf.where(longest > max_size, max_size / longest, 1.0)
-    new_height = tf.where(longest > max_size, new_height * shrink, new_height)
-    new_width = tf.where(longest > max_size, new_width * shrink, new_width)
-    return tf.cast(tf.floor(tf.stack([new_height, new_width]) + 0.5), tf.int32)
-
-
-def pil_bilinear_taps(in_size, out_size):
-    """Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for BILINEAR along one axis.
-
-    Returns (first (out,) int32 first input index, taps (out, T) float64 fixed-point weights whose sum
-    is ~2**22, T = 2 ceil(support) + 1); the support widens by in/out when downscaling.
-    """
-    in_f, out_f = tf.cast(in_size, tf.float64), tf.cast(out_size, tf.float64)
-    scale = in_f / out_f
-    filterscale = tf.maximum(scale, 1.0)
-    support = filterscale  # bilinear support 1.0, widened by the scale when downscaling
-    num_taps = 2 * tf.cast(tf.math.ceil(support), tf.int32) + 1
-    center = (tf.range(out_f, dtype=tf.float64) + 0.5) * scale  # [out]
-    first = tf.maximum(tf.floor(center - support + 0.5), 0.0)
-    count = tf.minimum(tf.floor(center + support + 0.5), in_f) - first
-    tap = tf.range(tf.cast(num_taps, tf.float64), dtype=tf.float64)  # [T]
-    position = (first[:, None] + tap[None, :] - center[:, None] + 0.5) * (1.0 / filterscale)  # [out, T]
-    weight = tf.where(tap[None, :] < count[:, None], tf.maximum(1.0 - tf.abs(position), 0.0), 0.0)
-    # the normaliser summed tap after tap, as Pillow does (the order decides the last bit)
-    total = tf.foldl(lambda acc, column: acc + column, tf.transpose(weight), initializer=tf.zeros_like(center))
-    weight = tf.where(total[:, None] != 0.0, weight / total[:, None], weight)
-    fixed = tf.floor(0.5 + weight * 2.0**PIL_PRECISION_BITS)  # weights are never negative for bilinear
-    return tf.cast(first, tf.int32), fixed
-
-
-def _pil_resample_axis(image, out_size, axis: int):
-    """One Pillow 8-bit pass along `axis` (0 rows, 1 columns) of an (H, W, C) float64 uint8-valued image."""
-    in_size = tf.shape(image)[axis]
-    first, taps = pil_bilinear_taps(in_size, out_size)
-    index = tf.minimum(first[:, None] + tf.range(tf.shape(taps)[1])[None, :], in_size - 1)  # [out, T]
-    gathered = tf.gather(image, index, axis=axis)  # axis 0: [out, T, W, C]; axis 1: [H, out, T, C]
-    if axis == 0:
-        total = tf.einsum("otwc,ot->owc", gathered, taps)
-    else:
-        total = tf.einsum("hotc,ot->hoc", gathered, taps)
-    # integer-valued float64 sums are exact; Pillow adds half and shifts, then clips to 0..255
-    return tf.clip_by_value(tf.floor((total + 2.0 ** (PIL_PRECISION_BITS - 1)) / 2.0**PIL_PRECISION_BITS), 0, 255)
-
-
-def pil_resize_bilinear(image, size):
-    """(H, W, C) uint8 -> (h, w, C) uint8 equal to `PIL.Image.resize((w, h), Image.BILINEAR)`.
-
-    Two passes, each rounded to uint8. The pass order changes the last bit; Pillow 13 (measured on
-    thousands of random size pairs, tests/test_export.py) runs the vertical pass first exactly when
-    the height shrinks by more than twice as many pixels as the width does.
-    """
-    x = tf.cast(image, tf.float64)
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
-    vertical_first = (size[0] < height) & (height - size[0] > 2 * (width - size[1]))
-    return tf.cast(
-        tf.cond(
-            vertical_first,
-            lambda: _pil_resample_axis(_pil_resample_axis(x, size[0], axis=0), size[1], axis=1),
-            lambda: _pil_resample_axis(_pil_resample_axis(x, size[1], axis=1), size[0], axis=0),
-        ),
-        tf.uint8,
-    )
-
-
-def resize_for_test(image, min_size: int, max_size: int):
-    """(H, W, 3) uint8 -> the official test-time input (inference.predictor.resize_for_test) as uint8."""
-    return pil_resize_bilinear(image, resized_shape(tf.shape(image)[:2], min_size, max_size))
 
 
 # ------------------------------------------------------ post-processing of one image, in TensorFlow

@@ -18,6 +18,7 @@ import tensorflow as tf
 from conftest import ROOT, SHARED_TESTDATA
 from PIL import Image
 
+from data.resize import pil_resize_bilinear
 from inference import export
 from inference.postprocess import PostProcessor
 
@@ -34,7 +35,7 @@ def test_resize_equals_pillow_bit_for_bit():
     """Random sizes (up and down, each axis, ties of the pass-order rule) and the official 800/1333 sizes."""
     rng = np.random.default_rng(0)
     resize = tf.function(
-        export.pil_resize_bilinear,
+        pil_resize_bilinear,
         input_signature=[tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([2], tf.int32)],
     )
     cases = [tuple(rng.integers(1, 90, 2)) + tuple(rng.integers(1, 180, 2)) for _ in range(150)]
