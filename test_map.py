@@ -125,8 +125,8 @@ def evaluate_model_args(args) -> tuple[str, dict, dict]:
 
     tf = cli.import_tensorflow()
 
-    from evaluation.model_evaluation import coco_json_eval_set, evaluate_model, tfrecord_eval_set
     from inference.loading import load_model
+    from inference.model_evaluation import coco_json_eval_set, evaluate_model, tfrecord_eval_set
 
     task = config.inference.task
     with tf.device(args.device) if args.device else contextlib.nullcontext():
