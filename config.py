@@ -356,7 +356,7 @@ def _coerce(name: str, annotation: Any, current: Any, value: Any) -> Any:
 
 # -------------------------------------------------------------------- presets
 # One preset per official model-zoo checkpoint, named `{dataset}_{task}_{backbone}` like its model-zoo
-# name in model/checkpoint.py: the dataset and task recipe, then the backbone. Sources: the official
+# name in model_zoo.py: the dataset and task recipe, then the backbone. Sources: the official
 # configs/{coco,ade20k,cityscapes}/*/*.yaml.
 def coco_instance() -> Mask2FormerConfig:
     """Official R50 COCO instance segmentation (43.7 mask AP)."""

@@ -18,7 +18,7 @@ import cli
 import train as train_script
 from config import check_resume_config
 from model import build_model
-from model.checkpoint import to_detectron2_state
+from model.checkpoints import to_detectron2_state
 from tests.synthetic_coco import training_config, write_synthetic_tfrecords
 from training.checkpointing import TrainingCheckpoints
 from training.initialization import initialize_weights
