@@ -94,7 +94,7 @@ def model_settings(path: str) -> dict:
 
 
 def settings_overrides(settings: dict) -> dict:
-    """{dotted config field: value} of saved settings, for `config_from_args(..., defaults=...)`."""
+    """{dotted config field: value} of saved settings, for `cli.config_from_args(..., defaults=...)`."""
     return {k: v for k, v in (settings.get("config") or {}).items() if k in SETTINGS_FIELDS}
 
 
