@@ -427,6 +427,12 @@ def cityscapes_panoptic() -> Mask2FormerConfig:
     return _cityscapes("panoptic", 19)
 
 
+_SWIN_B = {
+    "swin_embed_dim": 128,
+    "swin_depths": (2, 2, 18, 2),
+    "swin_num_heads": (4, 8, 16, 32),
+    "swin_window_size": 12,
+}
 # backbone -> (ModelConfig fields, ImageNet starting weights the official config names)
 BACKBONES = {
     "r50": ({}, "R-50.pkl"),
@@ -439,14 +445,8 @@ BACKBONES = {
         {"swin_embed_dim": 96, "swin_depths": (2, 2, 18, 2), "swin_num_heads": (3, 6, 12, 24), "swin_window_size": 7},
         "swin_small_patch4_window7_224.pkl",
     ),
-    "swin_b": (
-        {"swin_embed_dim": 128, "swin_depths": (2, 2, 18, 2), "swin_num_heads": (4, 8, 16, 32), "swin_window_size": 12},
-        "swin_base_patch4_window12_384.pkl",
-    ),
-    "swin_b_in21k": (
-        {"swin_embed_dim": 128, "swin_depths": (2, 2, 18, 2), "swin_num_heads": (4, 8, 16, 32), "swin_window_size": 12},
-        "swin_base_patch4_window12_384_22k.pkl",
-    ),
+    "swin_b": (_SWIN_B, "swin_base_patch4_window12_384.pkl"),
+    "swin_b_in21k": (_SWIN_B, "swin_base_patch4_window12_384_22k.pkl"),
     "swin_l_in21k": (
         {
             "swin_embed_dim": 192,
