@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from model.checkpoints.errors import CheckpointError
-from model.checkpoints.names import canonical_names, entries
+from model.checkpoints.names import canonical_names, name_table
 
 
 def count_blocks(state: dict, prefix: str) -> int:
@@ -87,7 +87,7 @@ BACKBONE_FIELDS = {
 
 def model_architecture(model) -> dict:
     """`infer_model_config` of a built model's own tensor shapes: its architecture, whatever its backbone."""
-    shapes = {entry.name: SimpleNamespace(shape=entry.shape) for entry in entries(model)}
+    shapes = {entry.name: SimpleNamespace(shape=entry.shape) for entry in name_table(model)}
     return infer_model_config(shapes, num_heads=model.num_heads)
 
 

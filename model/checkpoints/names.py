@@ -151,7 +151,7 @@ def _swin_entries(backbone) -> list[Entry]:
     return entries
 
 
-def entries(model) -> list[Entry]:
+def name_table(model) -> list[Entry]:
     """Every detectron2 tensor of the official Mask2Former and where it goes in `model`."""
     from model.swin import SwinTransformer
 
@@ -273,7 +273,7 @@ def load_detectron2_state(
     state = canonical_names(state)
     report, assignments = LoadReport(), []
     known = set()
-    for entry in entries(model):
+    for entry in name_table(model):
         known.add(entry.name)
         if entry.name.startswith(skip_prefixes):
             report.skipped.append(entry.name)
@@ -299,4 +299,4 @@ def load_detectron2_state(
 
 def to_detectron2_state(model) -> dict[str, np.ndarray]:
     """The model's weights under detectron2 names and layouts (the inverse of loading)."""
-    return {e.name: e.to_torch([np.asarray(v.numpy()) for v in e.variables]) for e in entries(model)}
+    return {e.name: e.to_torch([np.asarray(v.numpy()) for v in e.variables]) for e in name_table(model)}

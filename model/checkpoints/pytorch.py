@@ -35,7 +35,7 @@ import numpy as np
 
 from model.checkpoints.detectron2 import RestrictedUnpickler
 from model.checkpoints.errors import CheckpointError, UnsafeCheckpointError
-from model.checkpoints.names import IGNORED_SUFFIXES, LoadReport, entries, load_detectron2_state
+from model.checkpoints.names import IGNORED_SUFFIXES, LoadReport, load_detectron2_state, name_table
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
@@ -266,7 +266,7 @@ def load_imagenet_backbone(model, path: str) -> LoadReport:
     The report lists the file's classifier, final norm and buffers as unexpected (not used).
     """
     state, dropped = imagenet_backbone_state(read_torch_checkpoint(path))
-    needed = {e.name: e.shape for e in entries(model) if e.name.startswith("backbone.")}
+    needed = {e.name: e.shape for e in name_table(model) if e.name.startswith("backbone.")}
     missing = [n for n in needed if n not in state and not re.fullmatch(r"backbone\.norm\d", n.rsplit(".", 1)[0])]
     mismatched = [
         f"{n} is {state[n].shape}, the model needs {s}" for n, s in needed.items() if n in state and state[n].shape != s
