@@ -18,6 +18,8 @@
   traceback (`--verbose` shows it): 0 done, 1 ran but failed (e.g. some inputs skipped), 2 bad input
   or configuration, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 141 stdout closed by its reader
   (`| head`: the rest of the output is dropped quietly, the status a shell shows for a process killed by SIGPIPE).
+- `add_config_arguments` / `config_from_args`: every script's --preset, --config and --set (config.py);
+  `architecture_mismatch`: a checkpoint that does not fit the configured model, said with the flags that fix it.
 """
 
 from __future__ import annotations
