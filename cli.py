@@ -18,6 +18,8 @@
   traceback (`--verbose` shows it): 0 done, 1 ran but failed (e.g. some inputs skipped), 2 bad input
   or configuration, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 141 stdout closed by its reader
   (`| head`: the rest of the output is dropped quietly, the status a shell shows for a process killed by SIGPIPE).
+- `add_config_arguments` / `config_from_args`: every script's --preset, --config and --set (config.py);
+  `architecture_mismatch`: a checkpoint that does not fit the configured model, said with the flags that fix it.
 """
 
 from __future__ import annotations
@@ -226,3 +228,88 @@ def require_file(path: str, flag: str, hint: str = "check the path") -> str:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{flag} {path} does not exist; {hint}")
     return path
+
+
+# ---------------------------------------------------------------------------------- configuration
+def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Adds --preset, --config and --set to a script's parser."""
+    from config import PRESETS
+
+    group = parser.add_argument_group("configuration")
+    group.add_argument(
+        "--preset", default="coco_instance", choices=sorted(PRESETS), help="starting recipe (default: coco_instance)"
+    )
+    group.add_argument("--config", default=None, help="JSON file with overrides (as written by config.save)")
+    group.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="overrides applied last, e.g. --set train.batch_size=8 data.image_size=[512,512]",
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, defaults: dict | None = None):
+    """Preset, then `defaults` ({"section.field": value}, e.g. the settings saved in a .keras model), then
+    the JSON file, then --set overrides; a validated `Mask2FormerConfig`."""
+    from config import ConfigError, Mask2FormerConfig, read_config_json
+
+    config = Mask2FormerConfig.preset(args.preset)
+    for key, value in (defaults or {}).items():
+        config.set(key, value)
+    if args.config:
+        try:
+            Mask2FormerConfig.from_dict(read_config_json(args.config), base=config)
+        except ConfigError as e:
+            message = str(e)
+            raise ConfigError(message if args.config in message else f"config file {args.config}: {message}") from None
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r} must look like section.field=value")
+        config.set(key.strip(), value.strip())
+    return config.validate()
+
+
+def architecture_mismatch(found: dict, model_config, source: str, ignore=()) -> str | None:
+    """One sentence saying how checkpoint `source` (fields `found`, from `infer_model_config`) differs from
+    `model_config` (a `ModelConfig`, or a dict such as `model_architecture` returns) and the --preset / --set
+    flags that fix it; None when it fits. Fields in `ignore` are not compared."""
+    from model.checkpoints.architecture import BACKBONE_FIELDS, PRODUCT, architecture_differences
+    from model_zoo import describe_backbone
+
+    differences = architecture_differences(found, model_config, ignore)
+    if not differences:
+        return None
+    have = [f"{k}={_as_flag(found_value)}" for k, (found_value, _) in differences.items()]
+    want = [_as_flag(configured) for _, configured in differences.values()]
+    fix = [
+        "model.num_heads / model.deformable_points to match" if k == PRODUCT else f"model.{k}={_as_flag(v)}"
+        for k, (v, _) in differences.items()
+    ]
+    backbone = ""
+    if ({"backbone"} | {k for keys in BACKBONE_FIELDS.values() for k in keys}) & set(differences):
+        configured = describe_backbone(model_config)
+        backbone = f" (the checkpoint is {describe_backbone(found)}, the configured model {configured})"
+    compared = {k: v for k, v in found.items() if k not in set(ignore) and k != "deformable_points"}
+    presets = _matching_presets(compared)
+    hint = f"use --preset {' or '.join(presets[:2])}, or " if presets else ""
+    return (
+        f"checkpoint {source} has {', '.join(have)} but the config says {', '.join(want)}{backbone}; "
+        f"{hint}pass --set {' '.join(fix)}"
+    )
+
+
+def _matching_presets(fields: dict) -> list[str]:
+    """Names of the presets whose model has every one of `fields` (`ModelConfig` values; zoo names first)."""
+    from config import PRESETS, Mask2FormerConfig
+    from model.checkpoints.architecture import architecture_differences
+    from model_zoo import ZOO_MODELS
+
+    matches = [name for name in PRESETS if not architecture_differences(fields, Mask2FormerConfig.preset(name).model)]
+    return sorted(matches, key=lambda n: n not in ZOO_MODELS)
+
+
+def _as_flag(value) -> str:
+    return "[" + ",".join(map(str, value)) + "]" if isinstance(value, tuple | list) else str(value)

@@ -9,21 +9,22 @@ official `maskformer2_R50_bs16_50ep.yaml`). Presets change only what their task 
     cfg.validate()
     cfg.save("run/config.json")
 
-Every script accepts the same overrides on its command line (see `add_config_arguments`):
+Every script accepts the same overrides on its command line (`cli.add_config_arguments`):
 
     python train.py --preset coco_panoptic --config my.json --set train.batch_size=8 model.num_queries=200
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import functools
 import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from jsonfile import read_json, write_json
+from model_zoo import ZOO_MODELS
 
 
 class ConfigError(ValueError):
@@ -303,7 +304,7 @@ class Mask2FormerConfig:
 
     @classmethod
     def load(cls, path: str) -> Mask2FormerConfig:
-        return cls.from_dict(_read_json(path))
+        return cls.from_dict(read_config_json(path))
 
     # -------------------------------------------------------------- overrides
     def set(self, dotted_key: str, value: Any) -> None:
@@ -356,7 +357,7 @@ def _coerce(name: str, annotation: Any, current: Any, value: Any) -> Any:
 
 # -------------------------------------------------------------------- presets
 # One preset per official model-zoo checkpoint, named `{dataset}_{task}_{backbone}` like its model-zoo
-# name in model/checkpoint.py: the dataset and task recipe, then the backbone. Sources: the official
+# name in model_zoo.py: the dataset and task recipe, then the backbone. Sources: the official
 # configs/{coco,ade20k,cityscapes}/*/*.yaml.
 def coco_instance() -> Mask2FormerConfig:
     """Official R50 COCO instance segmentation (43.7 mask AP)."""
@@ -426,6 +427,12 @@ def cityscapes_panoptic() -> Mask2FormerConfig:
     return _cityscapes("panoptic", 19)
 
 
+_SWIN_B = {
+    "swin_embed_dim": 128,
+    "swin_depths": (2, 2, 18, 2),
+    "swin_num_heads": (4, 8, 16, 32),
+    "swin_window_size": 12,
+}
 # backbone -> (ModelConfig fields, ImageNet starting weights the official config names)
 BACKBONES = {
     "r50": ({}, "R-50.pkl"),
@@ -438,14 +445,8 @@ BACKBONES = {
         {"swin_embed_dim": 96, "swin_depths": (2, 2, 18, 2), "swin_num_heads": (3, 6, 12, 24), "swin_window_size": 7},
         "swin_small_patch4_window7_224.pkl",
     ),
-    "swin_b": (
-        {"swin_embed_dim": 128, "swin_depths": (2, 2, 18, 2), "swin_num_heads": (4, 8, 16, 32), "swin_window_size": 12},
-        "swin_base_patch4_window12_384.pkl",
-    ),
-    "swin_b_in21k": (
-        {"swin_embed_dim": 128, "swin_depths": (2, 2, 18, 2), "swin_num_heads": (4, 8, 16, 32), "swin_window_size": 12},
-        "swin_base_patch4_window12_384_22k.pkl",
-    ),
+    "swin_b": (_SWIN_B, "swin_base_patch4_window12_384.pkl"),
+    "swin_b_in21k": (_SWIN_B, "swin_base_patch4_window12_384_22k.pkl"),
     "swin_l_in21k": (
         {
             "swin_embed_dim": 192,
@@ -456,31 +457,6 @@ BACKBONES = {
         "swin_large_patch4_window12_384_22k.pkl",
     ),
 }
-
-
-def with_backbone(make, backbone: str):
-    """A preset builder: the recipe `make()` with one of `BACKBONES` (official per-backbone changes included)."""
-
-    def preset() -> Mask2FormerConfig:
-        config = make()
-        fields, weights = BACKBONES[backbone]
-        for key, value in fields.items():
-            setattr(config.model, key, value)
-        config.model.backbone = "swin" if backbone.startswith("swin") else "resnet"
-        config.train.backbone_weights = weights
-        if backbone == "swin_l_in21k":
-            if make not in (cityscapes_semantic, ade20k_semantic):  # the semantic Swin-L configs keep 100
-                config.model.num_queries = 200
-            if make in (coco_instance, coco_panoptic):  # 100 epochs
-                config.train.max_steps, config.train.lr_decay_steps = 737500, (655556, 710184)
-        if make is ade20k_semantic and backbone in ("swin_b", "swin_b_in21k", "swin_l_in21k"):
-            d = config.data  # the "res640" configs
-            d.image_size, d.min_size_test, d.max_size_test = (640, 640), 640, 2560
-        return config
-
-    preset.__name__ = f"{make.__name__}_{backbone}"
-    preset.__doc__ = f"The official {make.__name__} recipe with the {backbone} backbone (model zoo: same name)."
-    return preset
 
 
 def quickstart() -> Mask2FormerConfig:
@@ -514,115 +490,72 @@ def quickstart() -> Mask2FormerConfig:
     return config
 
 
-_ZOO_RECIPES = {
-    coco_instance: ("r50", "r101", "swin_t", "swin_s", "swin_b", "swin_b_in21k", "swin_l_in21k"),
-    coco_panoptic: ("r50", "r101", "swin_t", "swin_s", "swin_b", "swin_b_in21k", "swin_l_in21k"),
-    ade20k_semantic: ("r50", "r101", "swin_t", "swin_s", "swin_b", "swin_b_in21k", "swin_l_in21k"),
-    ade20k_instance: ("r50", "swin_l_in21k"),
-    ade20k_panoptic: ("r50", "swin_l_in21k"),
-    cityscapes_semantic: ("r50", "r101", "swin_t", "swin_s", "swin_b_in21k", "swin_l_in21k"),
-    cityscapes_instance: ("r50", "r101", "swin_t", "swin_s", "swin_b_in21k", "swin_l_in21k"),
-    cityscapes_panoptic: ("r50", "r101", "swin_t", "swin_s", "swin_b_in21k", "swin_l_in21k"),
+# The official per-model changes beyond the backbone ("section.field": value), by zoo name.
+_SWIN_L_QUERIES = {"model.num_queries": 200}  # the semantic Swin-L configs keep 100
+_RES640 = {"data.image_size": (640, 640), "data.min_size_test": 640, "data.max_size_test": 2560}
+ZOO_CHANGES = {
+    "coco_instance_swin_l_in21k": {
+        **_SWIN_L_QUERIES,
+        "train.max_steps": 737500,
+        "train.lr_decay_steps": (655556, 710184),
+    },
+    "coco_panoptic_swin_l_in21k": {
+        **_SWIN_L_QUERIES,
+        "train.max_steps": 737500,
+        "train.lr_decay_steps": (655556, 710184),
+    },
+    "ade20k_instance_swin_l_in21k": _SWIN_L_QUERIES,
+    "ade20k_panoptic_swin_l_in21k": _SWIN_L_QUERIES,
+    "cityscapes_instance_swin_l_in21k": _SWIN_L_QUERIES,
+    "cityscapes_panoptic_swin_l_in21k": _SWIN_L_QUERIES,
+    "ade20k_semantic_swin_b": _RES640,
+    "ade20k_semantic_swin_b_in21k": _RES640,
+    "ade20k_semantic_swin_l_in21k": _RES640,
 }
+RECIPES = {
+    recipe.__name__: recipe
+    for recipe in (
+        coco_instance,
+        coco_panoptic,
+        ade20k_semantic,
+        ade20k_instance,
+        ade20k_panoptic,
+        cityscapes_semantic,
+        cityscapes_instance,
+        cityscapes_panoptic,
+    )
+}
+
+
+def zoo_preset(name: str) -> Mask2FormerConfig:
+    """The preset of model-zoo model `name` (`{dataset}_{task}_{backbone}`): its recipe, its backbone with
+    the ImageNet weights the official config names, then its `ZOO_CHANGES`."""
+    dataset, task, backbone = name.split("_", 2)
+    config = RECIPES[f"{dataset}_{task}"]()
+    fields, weights = BACKBONES[backbone]
+    for key, value in fields.items():
+        setattr(config.model, key, value)
+    config.model.backbone = "swin" if backbone.startswith("swin") else "resnet"
+    config.train.backbone_weights = weights
+    for key, value in ZOO_CHANGES.get(name, {}).items():
+        config.set(key, value)
+    return config
+
+
+# name -> a function making the preset: the quickstart, the R50 recipes under their short names, and one
+# per model-zoo model (model_zoo.ZOO_MODELS), recipe by recipe
 PRESETS = {
     "quickstart": quickstart,
-    **{make.__name__: make for make in _ZOO_RECIPES},  # the R50 recipes under their short names
-    **{f"{make.__name__}_{b}": with_backbone(make, b) for make, backbones in _ZOO_RECIPES.items() for b in backbones},
+    **RECIPES,
+    **{
+        name: functools.partial(zoo_preset, name)
+        for recipe in RECIPES
+        for name in ZOO_MODELS
+        if name.startswith(f"{recipe}_")
+    },
 }
 
 
-# -------------------------------------------------------------- command line
-def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Adds --preset, --config and --set to a script's parser."""
-    group = parser.add_argument_group("configuration")
-    group.add_argument(
-        "--preset", default="coco_instance", choices=sorted(PRESETS), help="starting recipe (default: coco_instance)"
-    )
-    group.add_argument("--config", default=None, help="JSON file with overrides (as written by config.save)")
-    group.add_argument(
-        "--set",
-        nargs="+",
-        default=[],
-        metavar="SECTION.FIELD=VALUE",
-        help="overrides applied last, e.g. --set train.batch_size=8 data.image_size=[512,512]",
-    )
-    return parser
-
-
-def config_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> Mask2FormerConfig:
-    """Preset, then `defaults` ({"section.field": value}, e.g. the settings saved in a .keras model), then
-    the JSON file, then --set overrides; validated."""
-    config = Mask2FormerConfig.preset(args.preset)
-    for key, value in (defaults or {}).items():
-        config.set(key, value)
-    if args.config:
-        try:
-            Mask2FormerConfig.from_dict(_read_json(args.config), base=config)
-        except ConfigError as e:
-            message = str(e)
-            raise ConfigError(message if args.config in message else f"config file {args.config}: {message}") from None
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r} must look like section.field=value")
-        config.set(key.strip(), value.strip())
-    return config.validate()
-
-
-# Fields a resumed run may change: how long it runs (not shorter than where it is), what it logs and keeps,
-# where it is, what evaluation and rendering use.
-RESUMABLE_CHANGES = {
-    "train.max_steps",
-    "train.log_every",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-    "train.max_nonfinite_steps",
-    "train.output_dir",
-    "data.val_files",
-    "inference.score_threshold",
-    "inference.batch_size",
-}
-
-
-def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """`section.field: old -> new` for every field that differs between two `to_dict()` configs."""
-    changes = []
-    for section in sorted(set(old) | set(new)):
-        before, after = old.get(section, {}), new.get(section, {})
-        for key in sorted(set(before) | set(after)):
-            a, b = before.get(key), after.get(key)
-            if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-                a, b = list(a), list(b)
-            if a != b:
-                changes.append(f"{section}.{key}: {_as_text(a)} -> {_as_text(b)}")
-    return changes
-
-
-def check_resume_config(path: str, config: Mask2FormerConfig, allow_change: bool) -> list[str]:
-    """Compares `config` with the run folder's saved config.json at `path` before a resume.
-
-    Returns the differences (all harmless, or accepted with `allow_change`); raises ConfigError listing
-    those outside `RESUMABLE_CHANGES` otherwise. A missing or unreadable saved config counts as no change.
-    """
-    try:
-        saved = _read_json(path)
-        Mask2FormerConfig.from_dict(saved)  # only a config this version reads is compared
-    except ConfigError:
-        return []
-    changes = config_differences(saved, config.to_dict())
-    blocking = [c for c in changes if c.split(":")[0] not in RESUMABLE_CHANGES]
-    if blocking and not allow_change:
-        folder = os.path.dirname(path) or "."
-        raise ConfigError(
-            f"{folder} was trained with another config ({'; '.join(blocking)}); resume with the same "
-            "settings, set another train.output_dir for a new run, or pass --allow_config_change to resume anyway"
-        )
-    return changes
-
-
-def _as_text(value: Any) -> str:
-    return json.dumps(value) if value is not None else "none"
-
-
-def _read_json(path: str) -> dict[str, Any]:
+def read_config_json(path: str) -> dict[str, Any]:
+    """A config file's JSON object; ConfigError naming the file when it is missing or not JSON."""
     return read_json(path, "config", "fix or regenerate it", ConfigError)

@@ -1,12 +1,12 @@
 """The official model zoo as plain data, importable without Keras or TensorFlow (`--list` stays fast).
 
     from model_zoo import MODEL_ZOO, ZOO_MODELS, describe_backbone
-    MODEL_ZOO["coco_instance_r50"]      # its URL; model/checkpoint.py `download` fetches and checks it
+    MODEL_ZOO["coco_instance_r50"]      # its URL; `model.checkpoints.download` fetches and checks it
 
 `ZOO_MODELS` names every official COCO / ADE20K / Cityscapes Mask2Former with its paper result,
 `MODEL_ZOO` maps names to URLs (plus the ImageNet R-50 backbone), `NOT_PUBLISHED` says how to make the
 starting weights that are not published, `describe_backbone` names a backbone by its config fields.
-Loading goes through model/checkpoint.py, which re-exports these names.
+Loading goes through `model.checkpoints`.
 """
 
 from __future__ import annotations

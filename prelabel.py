@@ -20,7 +20,6 @@ import contextlib
 import sys
 
 import cli
-from config import add_config_arguments, config_from_args
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tolerance", type=float, default=0.5, help="polygon simplification, pixels (0 = exact)")
     parser.add_argument("--cvat-shape", choices=("polygon", "mask"), default="polygon", help="CVAT shape to write")
     parser.add_argument("--device", default=None, help="TensorFlow device, e.g. /GPU:0 or /CPU:0")
-    add_config_arguments(parser)
+    cli.add_config_arguments(parser)
     return cli.parse(parser, argv)
 
 
@@ -47,7 +46,7 @@ def main(argv=None) -> int:
 
     # Bad input (options, config, categories, the folder, its annotations.xml) raises before the model loads;
     # cli.run prints its one line and exits 2.
-    config = config_from_args(args)
+    config = cli.config_from_args(args)
     config.set("inference.task", "instance")
     options = PrelabelOptions(
         folder=args.folder,

@@ -130,8 +130,8 @@ def main(argv: list[str] | None = None) -> float:
     weights = os.path.join(config.train.output_dir, FINAL_WEIGHTS)
 
     print("[3/5] evaluating mask AP on the held-out split")
-    from evaluation.model_evaluation import evaluate_model, tfrecord_eval_set
     from inference.loading import load_model
+    from inference.model_evaluation import evaluate_model, tfrecord_eval_set
 
     model = load_model(config, weights_path=weights)
     metrics = evaluate_model(

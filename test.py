@@ -26,7 +26,6 @@ import sys
 from pathlib import Path
 
 import cli
-from config import add_config_arguments, config_from_args
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -45,7 +44,7 @@ def parse_args(argv=None):
     parser.add_argument("--score_threshold", type=float, help="overrides inference.score_threshold")
     parser.add_argument("--batch_size", type=int, help="overrides inference.batch_size")
     parser.add_argument("--device", default=None, help="TensorFlow device, e.g. /GPU:0 or /CPU:0")
-    add_config_arguments(parser)
+    cli.add_config_arguments(parser)
     return cli.parse(parser, argv)
 
 
@@ -54,7 +53,7 @@ def main(argv=None) -> int:
     from inference.loading import model_settings, settings_categories, settings_overrides
 
     settings = model_settings(args.model) if args.model else {}
-    config = config_from_args(args, defaults=settings_overrides(settings))
+    config = cli.config_from_args(args, defaults=settings_overrides(settings))
     for key, value in (
         ("task", args.task),
         ("score_threshold", args.score_threshold),

@@ -16,7 +16,6 @@ import os
 import sys
 
 import cli
-from config import add_config_arguments, config_from_args
 
 
 def _colour(index: int):
@@ -115,11 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--output_dir", default="images/dataset_test", help="where sample_NNN.png go (default: images/dataset_test)"
     )
-    add_config_arguments(parser)
+    cli.add_config_arguments(parser)
     args = cli.parse(parser, argv)
     if args.num_samples < 1:
         raise cli.CommandError(f"--num_samples must be >= 1, got {args.num_samples}")
-    config = config_from_args(args)
+    config = cli.config_from_args(args)
     if config.data.seed is None:
         config.data.seed = 0  # the same samples on every run
     cli.import_tensorflow()

@@ -38,7 +38,7 @@ import os
 import sys
 
 import cli
-from config import ConfigError, add_config_arguments, config_from_args
+from config import ConfigError
 
 
 def parse_args(argv=None):
@@ -59,7 +59,7 @@ def parse_args(argv=None):
     parser.add_argument("--device", default=None, help="TensorFlow device, e.g. /GPU:0 or /CPU:0")
     parser.add_argument("--output", default="metrics.json", help="where to write the metrics JSON")
     parser.add_argument("--workers", type=int, default=None, help="threads for panoptic images (default: CPUs, max 8)")
-    add_config_arguments(parser)
+    cli.add_config_arguments(parser)
     return cli.parse(parser, argv)
 
 
@@ -112,7 +112,7 @@ def evaluate_model_args(args) -> tuple[str, dict, dict]:
         from inference.loading import model_settings, settings_overrides
 
         settings = model_settings(args.model) if args.model else {}
-        config = config_from_args(args, defaults=settings_overrides(settings))
+        config = cli.config_from_args(args, defaults=settings_overrides(settings))
         if args.task:
             config.set("inference.task", args.task)
         if args.batch_size is not None:
@@ -125,8 +125,8 @@ def evaluate_model_args(args) -> tuple[str, dict, dict]:
 
     tf = cli.import_tensorflow()
 
-    from evaluation.model_evaluation import coco_json_eval_set, evaluate_model, tfrecord_eval_set
     from inference.loading import load_model
+    from inference.model_evaluation import coco_json_eval_set, evaluate_model, tfrecord_eval_set
 
     task = config.inference.task
     with tf.device(args.device) if args.device else contextlib.nullcontext():

@@ -36,7 +36,6 @@ import argparse
 import sys
 
 import cli
-from config import add_config_arguments, config_from_args
 
 
 def parse_args(argv: list[str] | None = None):
@@ -52,13 +51,13 @@ def parse_args(argv: list[str] | None = None):
         action="store_true",
         help="resume a run folder whose config.json differs from this config (the differences are listed)",
     )
-    add_config_arguments(parser)
+    cli.add_config_arguments(parser)
     return cli.parse(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    config = config_from_args(args)
+    config = cli.config_from_args(args)
     cli.import_tensorflow()
     from training.loop import train
 

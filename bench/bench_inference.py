@@ -88,7 +88,7 @@ def our_config(size: tuple[int, int], mode: str):
 def build_ours(mode: str, checkpoint: str | None):
     """Our R50 model (mixed_bfloat16 for a "-bf16" mode) with the reference's weights when given."""
     from model import build_model
-    from model.checkpoint import load_detectron2_checkpoint
+    from model.checkpoints import load_detectron2_checkpoint
     from tools.hf_reference import keras_config
 
     dtype = "mixed_bfloat16" if mode.endswith("-bf16") else None

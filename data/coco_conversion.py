@@ -29,7 +29,10 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from data import tfrecord_format as fmt
+from data.annotation_source import Problem
 from data.categories import Categories
+from data.cvat import CvatError, read_cvat_xml
+from data.labelme import LabelmeError, read_labelme_dir
 from jsonfile import read_json, write_json
 
 
@@ -78,18 +81,6 @@ class ConversionStats:
     shards: list[str] = dataclasses.field(default_factory=list)
     images_per_split: dict = dataclasses.field(default_factory=dict)  # "train"/"val" -> images written
     notes: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # shapes left out on purpose
-
-
-@dataclasses.dataclass(frozen=True)
-class Problem:
-    """One piece of bad input: `kind` is counted, `file` and `reason` are printed."""
-
-    kind: str
-    file: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"skipped ({self.kind}): {self.file}: {self.reason}"
 
 
 # ------------------------------------------------------------------ planning
@@ -150,9 +141,6 @@ def _categories(data: dict, path: str) -> Categories:
 
 def _read_tool_source(options: ConversionOptions):
     """The labelme folder or CVAT XML as an AnnotationSource; ConversionError for unusable input."""
-    from data.cvat import CvatError, read_cvat_xml
-    from data.labelme import LabelmeError, read_labelme_dir
-
     if (
         options.object_annotations_file
         or options.panoptic_annotations_file

@@ -28,8 +28,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from data.coco_conversion import Problem
-from data.labelme import AnnotationSource, inside
+from data.annotation_source import AnnotationSource, Problem, inside
 
 AREA_SHAPES = ("polygon", "box", "ellipse", "mask")
 SKIPPED_SHAPES = ("polyline", "points", "cuboid", "skeleton", "tag")

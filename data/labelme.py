@@ -23,8 +23,6 @@ Qt and onnxruntime modules, which import headless).
 from __future__ import annotations
 
 import base64
-import collections
-import dataclasses
 import io
 import json
 import os
@@ -34,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from pycocotools import mask as mask_utils
 
-from data.coco_conversion import Problem
+from data.annotation_source import AnnotationSource, Problem, inside
 
 IGNORE_LABEL = "__ignore__"
 BACKGROUND_LABEL = "_background_"
@@ -45,24 +43,6 @@ LABELME_VERSION = "5.5.0"  # the "version" our pre-label files declare (a format
 
 class LabelmeError(ValueError):
     """The folder or labels file cannot be used at all; the message names it and the fix."""
-
-
-@dataclasses.dataclass
-class AnnotationSource:
-    """A dataset read from an annotation tool, ready for the converter.
-
-    coco: COCO instances dict; `file_name` is relative to the folder read.
-    image_paths: image id -> path of the image file on disk (absent when it comes from `image_bytes`).
-    image_bytes: image id -> encoded image (labelme `imageData`, or an EXIF-rotated image re-encoded).
-    problems: bad input, one Problem each (skipped shapes or images).
-    notes: counts of things left out on purpose (e.g. "line shapes skipped").
-    """
-
-    coco: dict
-    image_paths: dict[int, str] = dataclasses.field(default_factory=dict)
-    image_bytes: dict[int, bytes] = dataclasses.field(default_factory=dict)
-    problems: list[Problem] = dataclasses.field(default_factory=list)
-    notes: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
 
 def read_labels_file(path: str) -> list[dict]:
@@ -82,13 +62,6 @@ def read_labels_file(path: str) -> list[dict]:
             "after the first two lines; keep one label per line"
         )
     return [{"id": i, "name": name, "supercategory": "none"} for i, name in enumerate(names, 1)]
-
-
-def inside(root: str, relative: str) -> str | None:
-    """The real path of `relative` under `root`, or None when it leaves `root` (`..`, absolute, links)."""
-    root_real = os.path.realpath(root)
-    path = os.path.realpath(os.path.join(root_real, relative))
-    return path if os.path.commonpath([root_real, path]) == root_real and path != root_real else None
 
 
 def _points(shape: dict) -> np.ndarray:

@@ -17,7 +17,7 @@ semantic targets are the classes present after the crop. An image with more than
 the M largest and prints one line naming it.
 
 Evaluation (`EvalParser`): resize the shortest edge to `min_size` (longest at most `max_size`) with
-exactly the pixels of detectron2's test-time resize (PIL bilinear on uint8, `pil_bilinear_resize`; the
+exactly the pixels of detectron2's test-time resize (PIL bilinear on uint8, `data.resize`; the
 same as `inference.predictor.resize_for_test`), pad bottom/right to a multiple of 32 (or to a fixed
 size for batching) with the pixel mean, which the model's normalisation turns into the official zero
 padding; keeps `valid_size` and `original_size`.
@@ -31,6 +31,8 @@ of the same window. Randomness is stateless, from a per-sample seed, so a seeded
 from __future__ import annotations
 
 import tensorflow as tf
+
+from data.resize import pil_resize_bilinear, shortest_edge_size
 
 
 # ----------------------------------------------------------------- geometry
@@ -263,66 +265,6 @@ class TrainParser:
 
 
 # --------------------------------------------------------------------- eval
-PIL_PRECISION_BITS = 22  # Pillow's fixed-point precision of resampling weights for 8-bit images
-
-
-def _pil_bilinear_taps(in_size: tf.Tensor, out_size: tf.Tensor):
-    """Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for its bilinear filter along one axis.
-
-    Returns the source index int32 (out, taps) and fixed-point weight int32 (out, taps) of each output pixel.
-    """
-    scale = tf.cast(in_size, tf.float64) / tf.cast(out_size, tf.float64)
-    filter_scale = tf.maximum(scale, 1.0)
-    support = filter_scale  # the bilinear (triangle) filter has support 1, widened when shrinking
-    taps = tf.cast(tf.math.ceil(support), tf.int32) * 2 + 1
-    center = (tf.cast(tf.range(out_size), tf.float64) + 0.5) * scale
-    first = tf.maximum(tf.cast(center - support + 0.5, tf.int32), 0)  # C casts truncate, as here
-    count = tf.minimum(tf.cast(center + support + 0.5, tf.int32), in_size) - first
-    offset = tf.range(taps)[None, :]
-    source = first[:, None] + offset  # [out, taps]
-    distance = (tf.cast(source, tf.float64) - center[:, None] + 0.5) * (1.0 / filter_scale)
-    weights = tf.where(offset < count[:, None], tf.maximum(1.0 - tf.abs(distance), 0.0), 0.0)
-    total = tf.reduce_sum(weights, axis=1, keepdims=True)
-    weights = tf.where(total != 0.0, weights / total, weights)
-    fixed = tf.cast(tf.floor(0.5 + weights * float(1 << PIL_PRECISION_BITS)), tf.int32)
-    return tf.minimum(source, in_size - 1), fixed
-
-
-def _pil_resample_axis(image: tf.Tensor, out_size: tf.Tensor, axis: int) -> tf.Tensor:
-    """One Pillow pass (`ResampleHorizontal_8bpc` / `ResampleVertical_8bpc`) on int32 (H, W, C) 0..255."""
-    index, weights = _pil_bilinear_taps(tf.shape(image)[axis], out_size)
-    weight_shape = [-1, 1] if axis == 0 else [-1]  # broadcast over (W, C) or (C,)
-
-    def add_tap(tap, total):
-        pixels = tf.gather(image, index[:, tap], axis=axis)
-        return tap + 1, total + pixels * tf.reshape(weights[:, tap], weight_shape + [1])
-
-    shape = tf.tensor_scatter_nd_update(tf.shape(image), [[axis]], [out_size])
-    total = tf.fill(shape, tf.constant(1 << (PIL_PRECISION_BITS - 1), tf.int32))  # rounds half up
-    _, total = tf.while_loop(lambda tap, _: tap < tf.shape(index)[1], add_tap, (tf.constant(0), total))
-    return tf.clip_by_value(tf.bitwise.right_shift(total, PIL_PRECISION_BITS), 0, 255)
-
-
-def pil_bilinear_resize(image: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
-    """uint8 (H, W, C) -> float32 (size[0], size[1], C) with exactly the pixels of PIL's
-    `Image.resize(..., Image.BILINEAR)` (detectron2's `ResizeTransform`): antialiased triangle filter,
-    22-bit integer weights, a horizontal then a vertical pass, each rounded to uint8."""
-    pixels = tf.cast(image, tf.int32)
-    pixels = _pil_resample_axis(pixels, size[1], axis=1)
-    pixels = _pil_resample_axis(pixels, size[0], axis=0)
-    return tf.cast(pixels, tf.float32)
-
-
-def eval_resized_size(height: tf.Tensor, width: tf.Tensor, min_size: int, max_size: int) -> tf.Tensor:
-    """detectron2 ResizeShortestEdge.get_output_shape: int32 (2,) (new_h, new_w)."""
-    h, w = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
-    scale = min_size / tf.minimum(h, w)
-    new_h, new_w = h * scale, w * scale
-    longest = tf.maximum(new_h, new_w)
-    shrink = tf.where(longest > max_size, max_size / longest, tf.constant(1.0, tf.float64))
-    return tf.cast(tf.stack([new_h * shrink, new_w * shrink]) + 0.5, tf.int32)
-
-
 class EvalParser:
     """Decoded example -> `image` float32 (Hp, Wp, 3), `valid_size` int32 (2,) (the resized image inside
     the padding), `original_size` int32 (2,), `source_id`. Hp, Wp: the resized size rounded up to a
@@ -345,8 +287,8 @@ class EvalParser:
     def __call__(self, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         image = example["image"]
         original = tf.shape(image)[:2]
-        resized = eval_resized_size(original[0], original[1], self.min_size, self.max_size)
-        image = pil_bilinear_resize(image, resized)
+        resized = shortest_edge_size(original[0], original[1], self.min_size, self.max_size)
+        image = tf.cast(pil_resize_bilinear(image, resized), tf.float32)
         if self.fixed_size:
             padded = self.fixed_size
         else:

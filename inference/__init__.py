@@ -5,6 +5,7 @@
 - `postprocess`: model outputs -> instance / panoptic / semantic results, exactly as the official model.
 - `visualize`: overlays a person can read.
 - `results_json`: one JSON per image with COCO RLE masks (what test.py writes).
+- `model_evaluation`: a model on a validation set (what test_map.py runs with --weights / --model).
 
 Metrics live in `evaluation/`.
 """

@@ -14,9 +14,8 @@ SavedModel signatures (loadable with `tf.saved_model.load` alone, no project cod
   (B, Q, Hp/4, Wp/4), the Keras model's outputs.
 
 Pre-processing equals `test.py`'s: JPEG decoded with libjpeg's accurate integer DCT (as OpenCV),
-then detectron2's `ResizeShortestEdge` with PIL's bilinear filter, reproduced here bit for bit
-(fixed-point coefficients, support widened when downscaling, horizontal pass then vertical, each
-rounded to uint8). EXIF orientation is not applied: send upright pixels.
+then detectron2's `ResizeShortestEdge` with PIL's bilinear filter, reproduced bit for bit by
+`data.resize` (the TFRecord evaluation's code). EXIF orientation is not applied: send upright pixels.
 
 Outputs of the result signatures, per task (N = instances kept, padded with class -1 and score 0):
 - instance: `masks` uint8 (B, N, H, W), `classes` int32 (B, N) contiguous, `category_ids` int32,
@@ -35,7 +34,17 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-PIL_PRECISION_BITS = 22  # Pillow's Resample.c: 32 - 8 - 2
+from data.resize import resize_for_test
+from inference.postprocess import (
+    crop_and_resize,
+    mask_boxes,
+    mask_quality,
+    panoptic_candidates,
+    panoptic_segments,
+    resize_bilinear,
+    semantic_inference,
+    top_k_pairs,
+)
 
 
 @dataclasses.dataclass
@@ -68,7 +77,7 @@ class ExportSettings:
         )
 
 
-# ------------------------------------------------------------------------ decoding and resizing
+# ---------------------------------------------------------------------------------------- decoding
 def decode_image(data):
     """Encoded JPEG / PNG / BMP / GIF bytes -> (H, W, 3) uint8 RGB, JPEG pixels as OpenCV decodes them."""
     return tf.cond(
@@ -87,122 +96,18 @@ def decoded_size(data):
     )
 
 
-def resized_shape(size, min_size: int, max_size: int):
-    """detectron2 `ResizeShortestEdge.get_output_shape` in float64: (2,) int32 (h, w) -> (2,) int32."""
-    height, width = tf.unstack(tf.cast(size, tf.float64))
-    scale = min_size / tf.minimum(height, width)
-    new_height = tf.where(height < width, tf.constant(min_size, tf.float64), scale * height)
-    new_width = tf.where(height < width, scale * width, tf.constant(min_size, tf.float64))
-    longest = tf.maximum(new_height, new_width)
-    shrink = tf.where(longest > max_size, max_size / longest, 1.0)
-    new_height = tf.where(longest > max_size, new_height * shrink, new_height)
-    new_width = tf.where(longest > max_size, new_width * shrink, new_width)
-    return tf.cast(tf.floor(tf.stack([new_height, new_width]) + 0.5), tf.int32)
-
-
-def pil_bilinear_taps(in_size, out_size):
-    """Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for BILINEAR along one axis.
-
-    Returns (first (out,) int32 first input index, taps (out, T) float64 fixed-point weights whose sum
-    is ~2**22, T = 2 ceil(support) + 1); the support widens by in/out when downscaling.
-    """
-    in_f, out_f = tf.cast(in_size, tf.float64), tf.cast(out_size, tf.float64)
-    scale = in_f / out_f
-    filterscale = tf.maximum(scale, 1.0)
-    support = filterscale  # bilinear support 1.0, widened by the scale when downscaling
-    num_taps = 2 * tf.cast(tf.math.ceil(support), tf.int32) + 1
-    center = (tf.range(out_f, dtype=tf.float64) + 0.5) * scale  # [out]
-    first = tf.maximum(tf.floor(center - support + 0.5), 0.0)
-    count = tf.minimum(tf.floor(center + support + 0.5), in_f) - first
-    tap = tf.range(tf.cast(num_taps, tf.float64), dtype=tf.float64)  # [T]
-    position = (first[:, None] + tap[None, :] - center[:, None] + 0.5) * (1.0 / filterscale)  # [out, T]
-    weight = tf.where(tap[None, :] < count[:, None], tf.maximum(1.0 - tf.abs(position), 0.0), 0.0)
-    # the normaliser summed tap after tap, as Pillow does (the order decides the last bit)
-    total = tf.foldl(lambda acc, column: acc + column, tf.transpose(weight), initializer=tf.zeros_like(center))
-    weight = tf.where(total[:, None] != 0.0, weight / total[:, None], weight)
-    fixed = tf.floor(0.5 + weight * 2.0**PIL_PRECISION_BITS)  # weights are never negative for bilinear
-    return tf.cast(first, tf.int32), fixed
-
-
-def _pil_resample_axis(image, out_size, axis: int):
-    """One Pillow 8-bit pass along `axis` (0 rows, 1 columns) of an (H, W, C) float64 uint8-valued image."""
-    in_size = tf.shape(image)[axis]
-    first, taps = pil_bilinear_taps(in_size, out_size)
-    index = tf.minimum(first[:, None] + tf.range(tf.shape(taps)[1])[None, :], in_size - 1)  # [out, T]
-    gathered = tf.gather(image, index, axis=axis)  # axis 0: [out, T, W, C]; axis 1: [H, out, T, C]
-    if axis == 0:
-        total = tf.einsum("otwc,ot->owc", gathered, taps)
-    else:
-        total = tf.einsum("hotc,ot->hoc", gathered, taps)
-    # integer-valued float64 sums are exact; Pillow adds half and shifts, then clips to 0..255
-    return tf.clip_by_value(tf.floor((total + 2.0 ** (PIL_PRECISION_BITS - 1)) / 2.0**PIL_PRECISION_BITS), 0, 255)
-
-
-def pil_resize_bilinear(image, size):
-    """(H, W, C) uint8 -> (h, w, C) uint8 equal to `PIL.Image.resize((w, h), Image.BILINEAR)`.
-
-    Two passes, each rounded to uint8. The pass order changes the last bit; Pillow 13 (measured on
-    thousands of random size pairs, tests/test_export.py) runs the vertical pass first exactly when
-    the height shrinks by more than twice as many pixels as the width does.
-    """
-    x = tf.cast(image, tf.float64)
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
-    vertical_first = (size[0] < height) & (height - size[0] > 2 * (width - size[1]))
-    return tf.cast(
-        tf.cond(
-            vertical_first,
-            lambda: _pil_resample_axis(_pil_resample_axis(x, size[0], axis=0), size[1], axis=1),
-            lambda: _pil_resample_axis(_pil_resample_axis(x, size[1], axis=1), size[0], axis=0),
-        ),
-        tf.uint8,
-    )
-
-
-def resize_for_test(image, min_size: int, max_size: int):
-    """(H, W, 3) uint8 -> the official test-time input (inference.predictor.resize_for_test) as uint8."""
-    return pil_resize_bilinear(image, resized_shape(tf.shape(image)[:2], min_size, max_size))
-
-
-# ------------------------------------------------------ post-processing of one image, in TensorFlow
-# The same operations, in the same order and layout, as inference/postprocess.py runs through keras.ops
-# on the TensorFlow backend, so the numbers are the same.
-def _resize_channels_first(x, size):
-    """(C, H, W) -> (C, *size) bilinear, half-pixel centres, no antialias (postprocess.resize_bilinear)."""
-    resized = tf.image.resize(tf.transpose(x, (1, 2, 0)), size, method="bilinear", antialias=False)
-    return tf.transpose(resized, (2, 0, 1))
-
-
-def _at_original_size(x, padded_size, image_size, original_size):
-    """detectron2 `sem_seg_postprocess` after upsampling to the padded input: (C, h, w) -> (C, H0, W0)."""
-    x = _resize_channels_first(x, padded_size)
-    return _resize_channels_first(x[:, : image_size[0], : image_size[1]], original_size)
-
-
-def masks_to_boxes(masks):
-    """(N, H, W) bool -> (N, 4) float32 [x0, y0, x1 + 1, y1 + 1]; empty masks give zeros."""
-    columns, rows = tf.reduce_any(masks, axis=1), tf.reduce_any(masks, axis=2)  # [N, W], [N, H]
-    width, height = tf.shape(columns)[1], tf.shape(rows)[1]
-    first = lambda v: tf.argmax(tf.cast(v, tf.int32), axis=1, output_type=tf.int32)  # noqa: E731
-    boxes = tf.stack(
-        [first(columns), first(rows), width - first(columns[:, ::-1]), height - first(rows[:, ::-1])], axis=1
-    )
-    return tf.where(tf.reduce_any(columns, axis=1)[:, None], tf.cast(boxes, tf.float32), 0.0)
-
-
+# ------------------------------------------------------ post-processing of one image, in the graph
+# inference/postprocess.py's rules (keras.ops, traced here on TensorFlow), laid out as fixed-size outputs.
 def instance_outputs(class_logits, masks, instances_per_image: int, thing_classes=None):
     """postprocess.instance_inference: (Q, K+1), (Q, H, W) mask logits -> dict padded to k instances."""
     num_queries, num_classes = class_logits.shape[0], class_logits.shape[1] - 1
     k = min(instances_per_image, num_queries * num_classes)
-    class_probs = tf.nn.softmax(class_logits, axis=-1)[:, :-1]
-    top_scores, top_index = tf.math.top_k(tf.reshape(class_probs, [-1]), k)
-    labels, queries = top_index % num_classes, top_index // num_classes
+    top_scores, labels, queries = top_k_pairs(class_logits, k)
     if thing_classes is not None:  # a panoptic model's instances keep thing classes only
         chosen = tf.gather(tf.constant(thing_classes), labels)
         labels, queries, top_scores = (tf.boolean_mask(v, chosen) for v in (labels, queries, top_scores))
     logits = tf.gather(masks, queries)  # [N, H, W]
-    binary = tf.cast(logits > 0, tf.float32)
-    quality = tf.reduce_sum(tf.sigmoid(logits) * binary, axis=(1, 2)) / (tf.reduce_sum(binary, axis=(1, 2)) + 1e-6)
-    scores = top_scores * quality
+    scores = top_scores * mask_quality(logits)
     order = tf.argsort(-scores, stable=True)
     binary_masks = tf.gather(logits > 0, order)
     count = tf.shape(order)[0]
@@ -211,17 +116,16 @@ def instance_outputs(class_logits, masks, instances_per_image: int, thing_classe
         "masks": tf.pad(tf.cast(binary_masks, tf.uint8), [[0, pad], [0, 0], [0, 0]]),
         "classes": tf.pad(tf.gather(labels, order), [[0, pad]], constant_values=-1),
         "scores": tf.pad(tf.gather(scores, order), [[0, pad]]),
-        "boxes": tf.pad(masks_to_boxes(binary_masks), [[0, pad], [0, 0]]),
+        "boxes": tf.pad(mask_boxes(binary_masks), [[0, pad], [0, 0]]),
         "num_instances": count,
     }
 
 
 def panoptic_outputs(class_logits, masks, isthing, object_mask_threshold: float, overlap_threshold: float):
     """postprocess.panoptic_inference: (Q, K+1), (Q, H, W) mask logits -> segment map + Q segment slots."""
-    num_queries, num_classes = class_logits.shape[0], class_logits.shape[1] - 1
-    probs = tf.nn.softmax(class_logits, axis=-1)
-    scores, labels = tf.reduce_max(probs, axis=-1), tf.argmax(probs, axis=-1, output_type=tf.int32)
-    keep = tf.where((labels != num_classes) & (scores > object_mask_threshold))[:, 0]  # query order
+    num_queries = class_logits.shape[0]
+    scores, labels, kept = panoptic_candidates(class_logits, object_mask_threshold)
+    keep = tf.where(kept)[:, 0]  # query order
     scores, labels = tf.gather(scores, keep), tf.gather(labels, keep)
     n = tf.shape(keep)[0]
     probs_k = tf.sigmoid(tf.gather(masks, keep))  # [n, H, W]
@@ -234,18 +138,10 @@ def panoptic_outputs(class_logits, masks, isthing, object_mask_threshold: float,
     original_area = tf.reduce_sum(tf.cast(probs_k >= 0.5, tf.int32), axis=(1, 2))
     argmax_area = tf.math.unsorted_segment_sum(tf.ones_like(owner), owner, n + 1)[:n]
     segment_area = tf.math.unsorted_segment_sum(tf.cast(inside, tf.int32), owner, n + 1)[:n]
-    ratio = tf.cast(argmax_area, tf.float64) / tf.cast(tf.maximum(original_area, 1), tf.float64)
-    valid = (argmax_area > 0) & (original_area > 0) & (segment_area > 0) & ~(ratio < overlap_threshold)
     thing = tf.gather(tf.constant(isthing), labels)
-    # a stuff query joins the segment of the first valid earlier query of its class
-    earlier = tf.range(n)[None, :] < tf.range(n)[:, None]  # [k, j]: j < k
-    same_stuff = earlier & (labels[:, None] == labels[None, :]) & (valid & ~thing)[None, :]
-    merged = valid & ~thing & tf.reduce_any(same_stuff, axis=1)
-    new = valid & ~merged
-    new_id = tf.cumsum(tf.cast(new, tf.int32))
-    first_same = tf.reduce_min(tf.where(same_stuff, tf.range(n)[None, :], n), axis=1)  # n: none
-    joined = tf.gather(tf.concat([new_id, [0]], 0), first_same)
-    segment_of_query = tf.where(new, new_id, tf.where(merged, joined, 0))
+    segment_of_query, new = panoptic_segments(
+        labels, thing, argmax_area, original_area, segment_area, overlap_threshold
+    )
     segment_ids = tf.where(inside, tf.gather(tf.concat([segment_of_query, [0]], 0), owner), 0)
     count = tf.reduce_sum(tf.cast(new, tf.int32))
     pad = num_queries - count
@@ -260,9 +156,7 @@ def panoptic_outputs(class_logits, masks, isthing, object_mask_threshold: float,
 
 def semantic_outputs(class_logits, padded_masks, image_size, original_size):
     """postprocess.semantic_inference on the padded input, then crop and resize: -> (H0, W0) int32."""
-    class_probs = tf.nn.softmax(class_logits, axis=-1)[:, :-1]
-    probs = tf.einsum("qc,qhw->chw", class_probs, tf.sigmoid(padded_masks))
-    probs = _resize_channels_first(probs[:, : image_size[0], : image_size[1]], original_size)
+    probs = crop_and_resize(semantic_inference(class_logits, padded_masks), image_size, original_size)
     return {"labels": tf.argmax(probs, axis=0, output_type=tf.int32)}
 
 
@@ -325,10 +219,10 @@ class ServingFunctions:
         padded_size = 4 * tf.shape(mask_logits)[1:]
         image_size, original_size = tf.shape(resized)[:2], tf.shape(image)[:2]
         if s.task == "semantic":
-            padded = _resize_channels_first(mask_logits, padded_size)
+            padded = resize_bilinear(mask_logits, padded_size)
             result = semantic_outputs(class_logits, padded, image_size, original_size)
         else:
-            masks = _at_original_size(mask_logits, padded_size, image_size, original_size)
+            masks = crop_and_resize(resize_bilinear(mask_logits, padded_size), image_size, original_size)
             if s.task == "panoptic":
                 result = panoptic_outputs(
                     class_logits, masks, self.isthing, s.object_mask_threshold, s.overlap_threshold

@@ -94,7 +94,7 @@ def model_settings(path: str) -> dict:
 
 
 def settings_overrides(settings: dict) -> dict:
-    """{dotted config field: value} of saved settings, for `config_from_args(..., defaults=...)`."""
+    """{dotted config field: value} of saved settings, for `cli.config_from_args(..., defaults=...)`."""
     return {k: v for k, v in (settings.get("config") or {}).items() if k in SETTINGS_FIELDS}
 
 
@@ -134,7 +134,7 @@ def _load_keras_model(path: str, config):
         ) from None
     if not isinstance(network, model_package.Mask2Former):
         raise ModelLoadError(f"{path} holds a {type(network).__name__}, not a Mask2Former model")
-    from model.checkpoint import model_architecture
+    from model.checkpoints import model_architecture
 
     # Plain fields from the saved constructor arguments; the backbone (a serialised object there) and
     # the other shape-given fields from the network's own tensors.
@@ -150,7 +150,8 @@ def _load_keras_model(path: str, config):
 
 def _resolve_zoo_name(path: str) -> str:
     """A model-zoo name (`coco_instance_r50`) that is not a local file becomes the downloaded file."""
-    from model.checkpoint import MODEL_ZOO, CheckpointError, download
+    from model.checkpoints import CheckpointError, download
+    from model_zoo import MODEL_ZOO
 
     if os.path.exists(path) or path not in MODEL_ZOO:
         return path
@@ -161,7 +162,7 @@ def _resolve_zoo_name(path: str) -> str:
 
 
 def _is_hf_checkpoint(path: str) -> bool:
-    from model.hf_checkpoint import is_hf_checkpoint
+    from model.checkpoints import is_hf_checkpoint
 
     return is_hf_checkpoint(path)
 
@@ -172,7 +173,7 @@ def _load_weights(path: str, config):
     if path.endswith(".pkl") or _is_hf_checkpoint(path):
         state = _read_official(path, config)
         network = build_model(config)
-        from model.checkpoint import CheckpointError, load_detectron2_state
+        from model.checkpoints import CheckpointError, load_detectron2_state
 
         try:
             load_detectron2_state(network, state)
@@ -200,8 +201,8 @@ def _load_weights(path: str, config):
 def _read_official(path: str, config) -> dict:
     """The detectron2-named state of a .pkl or Hugging Face directory, after checking that its architecture
     (read from the shapes, or config.json) is the configured one."""
-    from model.checkpoint import CheckpointError, architecture_mismatch, infer_model_config, read_detectron2_checkpoint
-    from model.hf_checkpoint import read_hf_checkpoint
+    from cli import architecture_mismatch
+    from model.checkpoints import CheckpointError, infer_model_config, read_detectron2_checkpoint, read_hf_checkpoint
 
     try:
         if _is_hf_checkpoint(path):

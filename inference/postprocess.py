@@ -19,8 +19,10 @@ segment only when the area ratio is strictly > 0.8 (official: >= 0.8), paints th
 segment id after a merge; its instance step keeps all classes of panoptic models and resizes binary
 masks with nearest-neighbour.
 
-The tensor work (resizing, softmax, sigmoid, top-k, reductions) runs in `keras.ops` on the
-accelerator; the per-image bookkeeping (segment ids, boxes) is NumPy.
+The rules (resizing, top-k, mask quality, boxes, panoptic candidates and segment ids, semantic
+probabilities) are `keras.ops` functions, run on the accelerator here and traced into the exported
+graph by `inference/export.py`; NumPy keeps the bookkeeping of one image (chunks of full-size masks,
+running argmax, result arrays).
 """
 
 from __future__ import annotations
@@ -59,35 +61,97 @@ class SemanticResult:
     labels: np.ndarray  # int32 (H0, W0) contiguous class indices
 
 
-# ------------------------------------------------------------------------------------- resizing
-def resize_bilinear(x, size: tuple[int, int]):
-    """(C, H, W) -> (C, *size), bilinear with half-pixel centres (torch align_corners=False), no antialias."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return ops.image.resize(x, size, interpolation="bilinear", antialias=False, data_format="channels_first")
+# ---------------------------------------------------------- the rules (also traced by inference/export.py)
+def resize_bilinear(x, size):
+    """(C, H, W) -> (C, *size), bilinear with half-pixel centres (torch align_corners=False), no antialias.
+
+    `size`: two ints, or an int32 (2,) tensor inside a TensorFlow graph (the exported model), which goes
+    to `tf.image.resize` (what `ops.image.resize` runs on TensorFlow; it takes no traced size)."""
+    if isinstance(size, tuple | list):
+        if tuple(x.shape[-2:]) == tuple(size):
+            return x
+        return ops.image.resize(x, size, interpolation="bilinear", antialias=False, data_format="channels_first")
+    import tensorflow as tf
+
+    resized = tf.image.resize(tf.transpose(x, (1, 2, 0)), size, method="bilinear", antialias=False)
+    return tf.transpose(resized, (2, 0, 1))
 
 
-def crop_and_resize(x, image_size: tuple[int, int], original_size: tuple[int, int]):
+def crop_and_resize(x, image_size, original_size):
     """detectron2 `sem_seg_postprocess`: (C, Hp, Wp) -> crop to `image_size` -> resize to `original_size`."""
-    height, width = image_size
-    return resize_bilinear(x[:, :height, :width], original_size)
+    return resize_bilinear(x[:, : image_size[0], : image_size[1]], original_size)
+
+
+def mask_boxes(masks):
+    """(N, H, W) bool -> (N, 4) float32 [x0, y0, x1 + 1, y1 + 1] (detectron2 `BitMasks.get_bounding_boxes`);
+    empty masks give zeros."""
+    if masks.shape[0] == 0:
+        return ops.zeros((0, 4), "float32")
+    columns, rows = ops.any(masks, axis=1), ops.any(masks, axis=2)  # [N, W], [N, H]
+    width, height = ops.shape(columns)[1], ops.shape(rows)[1]
+
+    def first(v):  # [N, L] -> index of the first True of each row
+        return ops.cast(ops.argmax(ops.cast(v, "int32"), axis=1), "int32")
+
+    boxes = ops.stack(
+        [first(columns), first(rows), width - first(ops.flip(columns, 1)), height - first(ops.flip(rows, 1))], axis=1
+    )
+    return ops.where(ops.any(columns, axis=1)[:, None], ops.cast(boxes, "float32"), 0.0)
 
 
 def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
-    """(N, H, W) bool -> (N, 4) float32 [x0, y0, x1 + 1, y1 + 1]; empty masks give zeros."""
-    n = masks.shape[0]
-    boxes = np.zeros((n, 4), dtype=np.float32)
-    if n == 0:
-        return boxes
-    columns, rows = masks.any(axis=1), masks.any(axis=2)  # (N, W), (N, H)
-    nonempty = columns.any(axis=1)
-    width, height = columns.shape[1], rows.shape[1]
-    boxes[:, 0] = columns.argmax(1)
-    boxes[:, 1] = rows.argmax(1)
-    boxes[:, 2] = width - columns[:, ::-1].argmax(1)
-    boxes[:, 3] = height - rows[:, ::-1].argmax(1)
-    boxes[~nonempty] = 0
-    return boxes
+    """`mask_boxes` of NumPy masks, as NumPy."""
+    return ops.convert_to_numpy(mask_boxes(masks))
+
+
+def top_k_pairs(class_logits, k: int):
+    """Official instance top-k: the k best of softmax[:, :K] over all (query, class) pairs of (Q, K+1) logits
+    -> (scores (k,) float32, labels (k,) = index % K, queries (k,) = index // K), best first."""
+    num_classes = class_logits.shape[-1] - 1
+    class_probs = ops.softmax(ops.cast(class_logits, "float32"), axis=-1)[:, :-1]
+    top_scores, top_index = ops.top_k(ops.reshape(class_probs, (-1,)), k)
+    return top_scores, top_index % num_classes, top_index // num_classes
+
+
+def mask_quality(logits):
+    """(n, H, W) mask logits -> (n,) mean sigmoid inside each mask (logit > 0): an instance's score factor."""
+    binary = ops.cast(logits > 0, "float32")
+    return ops.sum(ops.sigmoid(logits) * binary, axis=(1, 2)) / (ops.sum(binary, axis=(1, 2)) + 1e-6)
+
+
+def panoptic_candidates(class_logits, object_mask_threshold: float):
+    """(Q, K+1) logits -> best class score (Q,), its class (Q,), and whether the query is kept (Q,) bool:
+    its best class is not no-object and scores more than `object_mask_threshold`."""
+    num_classes = class_logits.shape[-1] - 1
+    probs = ops.softmax(ops.cast(class_logits, "float32"), axis=-1)
+    scores, labels = ops.max(probs, axis=-1), ops.argmax(probs, axis=-1)
+    return scores, labels, (labels != num_classes) & (scores > object_mask_threshold)
+
+
+def panoptic_segments(labels, thing, argmax_area, original_area, segment_area, overlap_threshold: float):
+    """Official segment ids of the n kept queries, in query order: (segment id (n,) int32, 0 = none; whether
+    the query opens a new segment (n,) bool).
+
+    labels, thing: each kept query's class and whether it is a thing class; areas (n,): pixels it wins
+    (argmax), pixels of its own mask (sigmoid >= 0.5), pixels it wins inside its mask. A query keeps a
+    segment when all three are > 0 and argmax / own >= `overlap_threshold`; a stuff query joins the
+    segment of the first kept query of its class; ids count from 1.
+    """
+    labels, thing = ops.convert_to_tensor(labels), ops.convert_to_tensor(thing)
+    argmax_area, original_area = ops.convert_to_tensor(argmax_area), ops.convert_to_tensor(original_area)
+    ratio = ops.cast(argmax_area, "float64") / ops.cast(ops.maximum(original_area, 1), "float64")
+    valid = (argmax_area > 0) & (original_area > 0) & (ops.convert_to_tensor(segment_area) > 0)
+    valid = valid & ~(ratio < overlap_threshold)
+    n = ops.shape(labels)[0]
+    index = ops.arange(n)
+    earlier = index[None, :] < index[:, None]  # [k, j]: j < k
+    same_stuff = earlier & (labels[:, None] == labels[None, :]) & (valid & ~thing)[None, :]
+    merged = valid & ~thing & ops.any(same_stuff, axis=1)
+    new = valid & ~merged
+    new_id = ops.cumsum(ops.cast(new, "int32"))
+    # the earlier query of the same stuff class that opened a segment: there is exactly one
+    joined = ops.sum(ops.where(same_stuff & new[None, :], new_id[None, :], 0), axis=1)
+    return ops.where(new, new_id, ops.where(merged, joined, 0)), new
 
 
 # ------------------------------------------------------------------------------- per-task rules
@@ -150,11 +214,8 @@ def panoptic_inference(
     `mask_logits` may also be a function query indices -> their (n, H, W) logits at `output_size`: then
     only the kept queries are made, `chunk` at a time (a running argmax; the same result).
     """
-    num_classes = class_logits.shape[-1] - 1
-    probs = ops.softmax(ops.cast(class_logits, "float32"), axis=-1)
-    scores = ops.convert_to_numpy(ops.max(probs, axis=-1))
-    labels = ops.convert_to_numpy(ops.argmax(probs, axis=-1))
-    keep = np.nonzero((labels != num_classes) & (scores > object_mask_threshold))[0]
+    scores, labels, kept = (ops.convert_to_numpy(v) for v in panoptic_candidates(class_logits, object_mask_threshold))
+    keep = np.nonzero(kept)[0]
     height, width = output_size or tuple(mask_logits.shape[-2:])
     result = PanopticResult(np.zeros((height, width), dtype=np.int32))
     if len(keep) == 0:
@@ -181,25 +242,21 @@ def panoptic_inference(
     argmax_area = np.bincount(owner.ravel(), minlength=len(keep))
     segment_area = np.bincount(owner[inside], minlength=len(keep))
 
-    segment_of_query = np.zeros(len(keep), dtype=np.int32)
-    stuff_segment = {}
-    next_id = 0
-    for k, query in enumerate(keep):
-        category = int(labels[query])
-        if not (argmax_area[k] > 0 and original_area[k] > 0 and segment_area[k] > 0):
-            continue
-        if argmax_area[k] / original_area[k] < overlap_threshold:
-            continue
-        if not isthing[category] and category in stuff_segment:
-            segment_of_query[k] = stuff_segment[category]
-            continue
-        next_id += 1
-        segment_of_query[k] = next_id
-        if not isthing[category]:
-            stuff_segment[category] = next_id
-        result.segments.append(
-            {"id": next_id, "category": category, "isthing": bool(isthing[category]), "score": float(scores[query])}
-        )
+    kept_labels = labels[keep]
+    thing = np.asarray(isthing, bool)[kept_labels]
+    segment_of_query, new = (
+        ops.convert_to_numpy(v)
+        for v in panoptic_segments(kept_labels, thing, argmax_area, original_area, segment_area, overlap_threshold)
+    )
+    result.segments = [
+        {
+            "id": int(segment_of_query[k]),
+            "category": int(kept_labels[k]),
+            "isthing": bool(thing[k]),
+            "score": float(scores[keep[k]]),
+        }
+        for k in np.nonzero(new)[0]
+    ]
     result.segment_ids = np.where(inside, segment_of_query[owner], 0).astype(np.int32)
     return result
 
@@ -226,12 +283,8 @@ def instance_inference(
     that a caller drawing only those needs no mask of the others; 0 keeps the official top-k.
     """
     num_queries, num_classes = class_logits.shape[0], class_logits.shape[-1] - 1
-    class_probs = ops.softmax(ops.cast(class_logits, "float32"), axis=-1)[:, :-1]
     k = min(instances_per_image, num_queries * num_classes)
-    top_scores, top_index = ops.top_k(ops.reshape(class_probs, (-1,)), k)
-    labels = ops.convert_to_numpy(top_index) % num_classes
-    queries = ops.convert_to_numpy(top_index) // num_classes
-    top_scores = ops.convert_to_numpy(top_scores)
+    top_scores, labels, queries = (ops.convert_to_numpy(v) for v in top_k_pairs(class_logits, k))
     if thing_classes_only is not None:
         chosen = np.asarray(thing_classes_only)[labels]
         labels, queries, top_scores = labels[chosen], queries[chosen], top_scores[chosen]
@@ -244,17 +297,17 @@ def instance_inference(
     distinct, row_of = np.unique(queries, return_inverse=True)  # a query may hold several of the top-k
     # (N, H, W) view of an (N, W, H) array: column-major per mask, as COCO RLE encoding reads it
     masks = np.empty((len(queries), width, height), bool).transpose(0, 2, 1)
-    mask_quality = np.zeros(len(distinct), np.float32)
+    quality = np.zeros(len(distinct), np.float32)
+    boxes = np.zeros((len(distinct), 4), np.float32)
     for start, stop in _chunks(len(distinct), chunk or max(1, len(distinct))):
         logits = source(distinct[start:stop])  # [n, H, W]
-        binary = ops.cast(logits > 0, "float32")
-        quality = ops.sum(ops.sigmoid(logits) * binary, axis=(1, 2)) / (ops.sum(binary, axis=(1, 2)) + 1e-6)
-        mask_quality[start:stop] = ops.convert_to_numpy(quality)
+        quality[start:stop] = ops.convert_to_numpy(mask_quality(logits))
+        boxes[start:stop] = ops.convert_to_numpy(mask_boxes(logits > 0))
         chunk_masks = ops.convert_to_numpy(ops.transpose(logits > 0, (0, 2, 1))).transpose(0, 2, 1)
         rows = np.nonzero((row_of >= start) & (row_of < stop))[0]
         masks[rows] = chunk_masks[row_of[rows] - start]
-        del logits, binary, chunk_masks
-    scores = top_scores * mask_quality[row_of]
+        del logits, chunk_masks
+    scores = top_scores * quality[row_of]
     order = np.argsort(-scores, kind="stable")
     _reorder_rows(masks, order)  # masks[order] without a second (N, H, W) array
     return InstanceResult(
@@ -262,7 +315,7 @@ def instance_inference(
         scores=scores[order].astype(np.float32),
         labels=labels[order].astype(np.int64),
         queries=queries[order].astype(np.int64),
-        boxes=masks_to_boxes(masks),
+        boxes=boxes[row_of][order],
     )
 
 

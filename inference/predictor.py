@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from data.resize import shortest_edge_size
 from inference.image_check import warn_if_truncated
 from inference.postprocess import PostProcessor
 
@@ -35,17 +36,16 @@ def read_image(path: str) -> np.ndarray:
 
 
 def resized_shape(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
-    """detectron2 `ResizeShortestEdge.get_output_shape`: (height, width) after the test-time resize."""
-    scale = min_size / min(height, width)
-    new_height, new_width = (min_size, scale * width) if height < width else (scale * height, min_size)
-    if max(new_height, new_width) > max_size:
-        scale = max_size / max(new_height, new_width)
-        new_height, new_width = new_height * scale, new_width * scale
-    return int(new_height + 0.5), int(new_width + 0.5)
+    """(height, width) after the test-time resize, as Python ints (`data.resize.shortest_edge_size`)."""
+    new_height, new_width = shortest_edge_size(height, width, min_size, max_size).numpy()
+    return int(new_height), int(new_width)
 
 
 def resize_for_test(image: np.ndarray, min_size: int, max_size: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> resized uint8 with PIL bilinear, as detectron2's `ResizeTransform`."""
+    """(H, W, 3) uint8 -> resized uint8 with PIL bilinear, as detectron2's `ResizeTransform`.
+
+    PIL itself, the filter `data.resize` reproduces bit for bit in TensorFlow (for records and the
+    exported graph): on a CPU it is as fast for small photos and 2-3 times faster for 12-megapixel ones."""
     height, width = resized_shape(*image.shape[:2], min_size, max_size)
     if (height, width) == image.shape[:2]:
         return image

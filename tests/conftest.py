@@ -22,7 +22,7 @@ def tiny_model_files(tmp_path_factory):
     """The golden tiny checkpoint (5 classes) as a converted `tiny.keras` and as `tiny.weights.h5`, with its
     config `tiny.json` (test sizes 64 / 128). Built once per session; tests read it and copy what they change."""
     from model import build_model
-    from model.checkpoint import load_detectron2_checkpoint
+    from model.checkpoints import load_detectron2_checkpoint
     from tests.helpers import tiny_config
     from tools.convert_detectron2_checkpoint import convert
 

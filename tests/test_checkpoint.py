@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from model import build_model
-from model.checkpoint import (
-    ZOO_MODELS,
+from model.checkpoints import (
     CheckpointError,
     UnsafeCheckpointError,
     download,
@@ -22,6 +21,7 @@ from model.checkpoint import (
     read_detectron2_checkpoint,
     to_detectron2_state,
 )
+from model_zoo import ZOO_MODELS
 from tests.helpers import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]

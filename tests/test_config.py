@@ -4,7 +4,8 @@ import argparse
 
 import pytest
 
-from config import ConfigError, Mask2FormerConfig, add_config_arguments, config_from_args
+from cli import add_config_arguments, config_from_args
+from config import ConfigError, Mask2FormerConfig
 
 
 def test_defaults_are_official_r50_coco_instance_recipe():

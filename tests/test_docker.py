@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from config import add_config_arguments, config_from_args
+from cli import add_config_arguments, config_from_args
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"

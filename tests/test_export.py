@@ -18,8 +18,9 @@ import tensorflow as tf
 from conftest import ROOT, SHARED_TESTDATA
 from PIL import Image
 
+from data.resize import pil_resize_bilinear
 from inference import export
-from inference.postprocess import PostProcessor
+from inference.postprocess import PostProcessor, crop_and_resize, resize_bilinear
 
 PHOTOS = [
     SHARED_TESTDATA / "labelme/examples/instance_segmentation/data_annotated/2011_000003.jpg",  # 500 x 338
@@ -34,7 +35,7 @@ def test_resize_equals_pillow_bit_for_bit():
     """Random sizes (up and down, each axis, ties of the pass-order rule) and the official 800/1333 sizes."""
     rng = np.random.default_rng(0)
     resize = tf.function(
-        export.pil_resize_bilinear,
+        pil_resize_bilinear,
         input_signature=[tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([2], tf.int32)],
     )
     cases = [tuple(rng.integers(1, 90, 2)) + tuple(rng.integers(1, 180, 2)) for _ in range(150)]
@@ -116,10 +117,10 @@ def _tf_postprocess(settings, class_logits, mask_logits, padded_size, image_size
     functions = export.ServingFunctions(_FakeModel(*class_logits.shape), settings)
     mask_logits = tf.constant(mask_logits)
     if settings.task == "semantic":
-        padded = export._resize_channels_first(mask_logits, padded_size)
+        padded = resize_bilinear(mask_logits, padded_size)
         result = export.semantic_outputs(tf.constant(class_logits), padded, image_size, original_size)
     else:
-        masks = export._at_original_size(mask_logits, padded_size, image_size, original_size)
+        masks = crop_and_resize(resize_bilinear(mask_logits, padded_size), image_size, original_size)
         if settings.task == "panoptic":
             result = export.panoptic_outputs(tf.constant(class_logits), masks, functions.isthing, 0.8, 0.8)
         else:

@@ -9,8 +9,11 @@ import pytest
 pytest.importorskip("transformers")
 
 from inference.loading import ModelLoadError, load_model  # noqa: E402
-from model.checkpoint import CheckpointError  # noqa: E402
-from model.hf_checkpoint import load_hf_checkpoint, read_hf_checkpoint  # noqa: E402
+from model.checkpoints import (  # noqa: E402
+    CheckpointError,  # noqa: E402
+    load_hf_checkpoint,
+    read_hf_checkpoint,
+)
 from tests.helpers import tiny_config  # noqa: E402
 from tools.hf_reference import build_reference, run_ours, run_reference  # noqa: E402
 

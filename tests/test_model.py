@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from config import Mask2FormerConfig
 from model import build_model
-from model.checkpoint import load_detectron2_checkpoint
+from model.checkpoints import load_detectron2_checkpoint
 from tests.helpers import tiny_config
 from tools.hf_reference import SIZES, keras_config, run_ours
 

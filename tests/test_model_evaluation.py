@@ -17,8 +17,8 @@ import inference.loading
 import test_map
 from data.categories import Categories
 from data.coco_conversion import ConversionOptions, convert
-from evaluation.model_evaluation import coco_json_eval_set, evaluate_model, tfrecord_eval_set
 from evaluation.panoptic_quality import id_to_rgb
+from inference.model_evaluation import coco_json_eval_set, evaluate_model, tfrecord_eval_set
 from tests.helpers import tiny_config
 
 CATEGORIES = [

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from config import Mask2FormerConfig
-from model.checkpoint import MODEL_ZOO, ZOO_MODELS, CheckpointError, download
+from model.checkpoints import CheckpointError, download
+from model_zoo import MODEL_ZOO, ZOO_MODELS
 from tools.convert_detectron2_checkpoint import zoo_table
 
 ROOT = Path(__file__).resolve().parents[1]

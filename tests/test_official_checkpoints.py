@@ -21,17 +21,17 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from cli import architecture_mismatch
 from config import Mask2FormerConfig
 from inference.loading import ModelLoadError, load_model
 from model import build_model
-from model.checkpoint import (
+from model.checkpoints import (
     CheckpointError,
-    architecture_mismatch,
-    describe_backbone,
     infer_model_config,
     read_detectron2_checkpoint,
     to_detectron2_state,
 )
+from model_zoo import describe_backbone
 from tools.convert_detectron2_checkpoint import convert, convert_checkpoint
 from training.initialization import load_backbone, load_for_finetuning, resolve_weights
 
@@ -259,7 +259,7 @@ def test_full_size_mismatch_names_the_preset_to_use():
 
 
 def test_unexpected_tensors_are_listed_by_group(tmp_path, r50_model):
-    from model.checkpoint import load_detectron2_state
+    from model.checkpoints import load_detectron2_state
 
     state = {n.replace("static_query", "query_feat"): np.zeros(s, np.float32) for n, s in
              official_shapes((3, 4, 23, 3), 80, widths=NARROW).items()}  # fmt: skip

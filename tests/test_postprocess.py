@@ -255,7 +255,7 @@ def test_real_model_outputs_are_cropped_and_resized_to_the_original_image():
     from inference.postprocess import crop_and_resize, resize_bilinear
     from inference.predictor import Predictor, resize_for_test
     from model import build_model
-    from model.checkpoint import load_detectron2_checkpoint
+    from model.checkpoints import load_detectron2_checkpoint
     from tests.helpers import tiny_config
 
     config = tiny_config()

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from config import Mask2FormerConfig
 from model import Mask2Former, PatchMerging, ResNet, SwinBlock, SwinTransformer, WindowAttention, build_model
-from model.checkpoint import load_detectron2_state, to_detectron2_state
+from model.checkpoints import load_detectron2_state, to_detectron2_state
 from model.swin import relative_position_index, shifted_window_mask
 from tests.helpers import tiny_config, tiny_swin_config
 

@@ -10,7 +10,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from data.parser import EvalParser, eval_resized_size, pil_bilinear_resize
+from data.parser import EvalParser
+from data.resize import pil_resize_bilinear as pil_bilinear_resize
+from data.resize import shortest_edge_size as eval_resized_size
 from inference.predictor import resize_for_test, resized_shape
 
 CASES = [  # (height, width, min_size, max_size)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from model import build_model
-from model.checkpoint import to_detectron2_state
+from model.checkpoints import to_detectron2_state
 from tests.helpers import tiny_swin_config
 
 torch = pytest.importorskip("torch")
@@ -31,8 +31,8 @@ class _NoTorch:
 sys.meta_path.insert(0, _NoTorch())
 sys.path.insert(0, sys.argv[1])
 import numpy as np
-from model.checkpoint import CheckpointError
-from model.torch_checkpoint import read_torch_checkpoint, load_imagenet_backbone
+from model.checkpoints import CheckpointError
+from model.checkpoints import read_torch_checkpoint, load_imagenet_backbone
 results = {}
 for path in sys.argv[3:]:
     try:
@@ -190,8 +190,7 @@ def test_malicious_and_malformed_files_are_refused_and_run_nothing(read_without_
 
 
 def test_imagenet_weights_of_another_architecture_are_one_clear_error(tmp_path):
-    from model.checkpoint import CheckpointError
-    from model.torch_checkpoint import load_imagenet_backbone
+    from model.checkpoints import CheckpointError, load_imagenet_backbone
 
     source = build_model(tiny_swin_config(swin_embed_dim=16, swin_num_heads=(2, 2, 4, 4)))
     path = tmp_path / "swin_other.pth"

@@ -16,14 +16,14 @@ import tensorflow as tf
 
 import cli
 import train as train_script
-from config import check_resume_config
 from model import build_model
-from model.checkpoint import to_detectron2_state
+from model.checkpoints import to_detectron2_state
 from tests.synthetic_coco import training_config, write_synthetic_tfrecords
 from training.checkpointing import TrainingCheckpoints
 from training.initialization import initialize_weights
 from training.optimizer import build_optimizer
 from training.reporting import Progress
+from training.resume import check_resume_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,8 +6,8 @@ import pytest
 
 import convert_coco_to_tfrecord
 from data.synthetic import SyntheticSpec, write_dataset
-from evaluation.model_evaluation import evaluate_model, tfrecord_eval_set
 from inference.loading import load_model
+from inference.model_evaluation import evaluate_model, tfrecord_eval_set
 from tests.helpers import tiny_config
 from training.loop import FINAL_WEIGHTS, train
 

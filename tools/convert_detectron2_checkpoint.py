@@ -34,8 +34,14 @@ def convert_checkpoint(source: str, num_heads: int = 8):
     `config` is the zoo name's preset (else the official recipe for the class count) with the
     checkpoint's architecture."""
     from model import build_model
-    from model.checkpoint import download, infer_model_config, load_detectron2_state, read_detectron2_checkpoint
-    from model.hf_checkpoint import is_hf_checkpoint, read_hf_checkpoint
+    from model.checkpoints import (
+        download,
+        infer_model_config,
+        is_hf_checkpoint,
+        load_detectron2_state,
+        read_detectron2_checkpoint,
+        read_hf_checkpoint,
+    )
 
     if is_hf_checkpoint(source):
         state, fields = read_hf_checkpoint(source)

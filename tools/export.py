@@ -21,7 +21,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cli  # noqa: E402
-from config import add_config_arguments, config_from_args  # noqa: E402
 
 FORMATS = ("saved_model", "litert", "onnx")
 
@@ -42,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="any input height and width (SavedModel logits signature; the default there)",
     )
     parser.add_argument("--precision", default="float32", choices=("float32", "float16"), help="LiteRT weights")
-    add_config_arguments(parser)
+    cli.add_config_arguments(parser)
     args = cli.parse(parser, argv)
     if args.weights is not None and args.model is not None:
         parser.error("give MODEL (.keras) or --weights, not both")
@@ -75,7 +74,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    config = config_from_args(args)
+    config = cli.config_from_args(args)
     if args.task:
         config.set("inference.task", args.task)
     cli.import_tensorflow()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from config import Mask2FormerConfig
-from model.hf_checkpoint import hf_to_detectron2
+from model.checkpoints.huggingface import hf_to_detectron2
 
 # Architectures the reference is built in: our model fields and the matching HF settings.
 SIZES = {
@@ -286,7 +286,7 @@ def load_reference_weights(model, hf, size: str, seed: int = 0) -> None:
     import pickle
     import tempfile
 
-    from model.checkpoint import load_detectron2_checkpoint
+    from model.checkpoints import load_detectron2_checkpoint
 
     state = hf_to_detectron2(hf.state_dict())
     tokens = keras_config(size).model.swin_window_size ** 2

@@ -8,21 +8,21 @@ from __future__ import annotations
 
 import os
 
-from model.checkpoint import (
-    MODEL_ZOO,
-    NOT_PUBLISHED,
+from cli import architecture_mismatch
+from model.checkpoints import (
     CheckpointError,
-    architecture_mismatch,
     download,
     group_names,
     infer_model_config,
+    is_hf_checkpoint,
     load_detectron2_state,
+    load_imagenet_backbone,
     model_architecture,
     read_detectron2_checkpoint,
+    read_hf_checkpoint,
 )
-from model.hf_checkpoint import is_hf_checkpoint, read_hf_checkpoint
 from model.swin import SwinTransformer
-from model.torch_checkpoint import load_imagenet_backbone
+from model_zoo import MODEL_ZOO, NOT_PUBLISHED
 
 CLASS_HEAD = "sem_seg_head.predictor.class_embed"
 

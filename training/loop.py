@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from config import ConfigError, Mask2FormerConfig, check_resume_config
+from config import ConfigError, Mask2FormerConfig
 from data.pipeline import load_categories
 from inference.loading import save_model
 from inference.postprocess import PostProcessor
@@ -33,6 +33,7 @@ from training.distribution import distributed_train_dataset, is_chief, replica_b
 from training.initialization import initialize_weights
 from training.optimizer import build_optimizer
 from training.reporting import TrainingReporter
+from training.resume import check_resume_config
 from training.schedules import build_schedule
 from training.train_step import TrainStep
 

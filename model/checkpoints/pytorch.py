@@ -33,15 +33,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.checkpoint import (
-    IGNORED_SUFFIXES,
-    CheckpointError,
-    LoadReport,
-    UnsafeCheckpointError,
-    _entries,
-    _RestrictedUnpickler,
-    load_detectron2_state,
-)
+from model.checkpoints.detectron2 import RestrictedUnpickler
+from model.checkpoints.errors import CheckpointError, UnsafeCheckpointError
+from model.checkpoints.names import IGNORED_SUFFIXES, LoadReport, load_detectron2_state, name_table
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
@@ -113,7 +107,7 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
     return data
 
 
-class _TorchUnpickler(_RestrictedUnpickler):
+class _TorchUnpickler(RestrictedUnpickler):
     """The detectron2 unpickler plus the few torch names that rebuild tensors (as numpy)."""
 
     def __init__(self, file, storage_types: dict):
@@ -272,7 +266,7 @@ def load_imagenet_backbone(model, path: str) -> LoadReport:
     The report lists the file's classifier, final norm and buffers as unexpected (not used).
     """
     state, dropped = imagenet_backbone_state(read_torch_checkpoint(path))
-    needed = {e.name: e.shape for e in _entries(model) if e.name.startswith("backbone.")}
+    needed = {e.name: e.shape for e in name_table(model) if e.name.startswith("backbone.")}
     missing = [n for n in needed if n not in state and not re.fullmatch(r"backbone\.norm\d", n.rsplit(".", 1)[0])]
     mismatched = [
         f"{n} is {state[n].shape}, the model needs {s}" for n, s in needed.items() if n in state and state[n].shape != s

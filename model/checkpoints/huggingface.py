@@ -16,7 +16,7 @@ import re
 
 import numpy as np
 
-from model.checkpoint import CheckpointError
+from model.checkpoints.errors import CheckpointError
 
 # (pattern, replacement); STAGE and CONV are filled from the ResNet stage and layer indices.
 BACKBONE_RULES = {
@@ -271,7 +271,7 @@ def load_hf_checkpoint(directory: str, config=None, dtype=None):
     """
     from config import Mask2FormerConfig
     from model import build_model
-    from model.checkpoint import load_detectron2_state
+    from model.checkpoints.names import load_detectron2_state
 
     state, fields = read_hf_checkpoint(directory)
     config = config if config is not None else Mask2FormerConfig()

@@ -6,7 +6,7 @@
 
 Every `Sample` is one image's model input, resized exactly as detectron2's test-time resize (PIL
 bilinear; `inference.predictor.resize_for_test` for image files, `data.parser.EvalParser` for
-records, pixel for pixel the same), the resized size inside it, the original size and its ground
+records, pixel for pixel the same: `data.resize`), the resized size inside it, the original size and its ground
 truth. Predictions go through the official post-processing (`PostProcessor`) at the original size
 and into the task's evaluator; the metrics have the formats of evaluating prediction files:
 
