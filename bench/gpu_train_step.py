@@ -1,7 +1,7 @@
 """GPU training step: our network on Keras' PyTorch backend against the reference, same GPU, same weights.
 
-    python bench/gpu_train_step.py                           # R50, 2 x 512x512, 5 and 10 instances
-    python bench/gpu_train_step.py --tiny --size 128 --repeats 2 --warmup 1   # checks that it runs (CPU too)
+    python -m bench.gpu_train_step                           # R50, 2 x 512x512, 5 and 10 instances
+    python -m bench.gpu_train_step --tiny --size 128 --repeats 2 --warmup 1   # checks that it runs (CPU too)
 
 One step = forward, matching, loss, backward, global-norm clipping at 0.01, AdamW update. Imports nothing
 that imports TensorFlow (TensorFlow is blocked at start): our criterion and optimizer are TensorFlow code,
@@ -25,7 +25,6 @@ import time
 
 sys.modules["tensorflow"] = None  # any import of TensorFlow now fails: the script must not need it
 os.environ["KERAS_BACKEND"] = "torch"
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
@@ -58,7 +57,7 @@ def main() -> None:
     import torch
 
     from model import build_model
-    from tools.hf_reference import SIZES, build_reference, keras_config, load_reference_weights, reference_train_step
+    from tests.hf_reference import SIZES, build_reference, keras_config, load_reference_weights, reference_train_step
 
     assert keras.backend.backend() == "torch"
     device = "cuda" if torch.cuda.is_available() else "cpu"

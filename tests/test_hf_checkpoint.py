@@ -12,7 +12,7 @@ from inference.loading import ModelLoadError, load_model  # noqa: E402
 from model.checkpoint import CheckpointError  # noqa: E402
 from model.hf_checkpoint import load_hf_checkpoint, read_hf_checkpoint  # noqa: E402
 from tests.helpers import tiny_config  # noqa: E402
-from tools.hf_reference import build_reference, run_ours, run_reference  # noqa: E402
+from tests.hf_reference import build_reference, run_ours, run_reference  # noqa: E402
 
 
 @pytest.fixture(scope="module")
