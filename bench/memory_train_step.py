@@ -6,7 +6,7 @@
 Each side runs in a fresh process (`bench_train_step.py`'s workloads: `TrainStep` against transformers'
 model + `Mask2FormerLoss` + AdamW) and prints its resident memory (VmRSS) and peak (VmHWM) at each point,
 so that the framework's share (imports, model objects, the traced graph) can be told from the step's
-(activations, gradients, optimizer slots). bench/NOTES.md, training attempt 22.
+(activations, gradients, optimizer slots).
 """
 
 from __future__ import annotations
