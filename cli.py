@@ -47,6 +47,13 @@ SCRIPTS = (
     "tools/make_synthetic_dataset.py",
 )
 
+
+def script_argv(script: str) -> list[str]:
+    """How an entry of SCRIPTS runs from the repository root: `["train.py"]`, or `["-m", "tools.export"]` for
+    tools/ (a package: its scripts import the project from the root)."""
+    return ["-m", script.removesuffix(".py").replace("/", ".")] if "/" in script else [script]
+
+
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_INTERRUPTED, EXIT_BROKEN_PIPE, EXIT_TERMINATED = 130, 141, 143  # 128 + SIGINT, SIGPIPE, SIGTERM
 

@@ -1,7 +1,7 @@
 """The criterion alone (matching + losses, forward and backward) against transformers' Mask2FormerLoss.
 
-    python bench/bench_criterion.py                 # 2 x 512x512, 5 and 10 instances, 100 queries, 80 classes
-    python bench/bench_criterion.py --memory        # also the peak resident memory of each, fresh processes
+    python -m bench.bench_criterion                 # 2 x 512x512, 5 and 10 instances, 100 queries, 80 classes
+    python -m bench.bench_criterion --memory        # also the peak resident memory of each, fresh processes
 
 Same inputs for both: random predictions of 10 prediction sets (B, 100, 81) and (B, 100, 128, 128) and
 disc-shaped targets at the input resolution. Ours gets the targets as the training pipeline gives them
@@ -14,13 +14,10 @@ after warm-up, 2 threads each, torch with OMP_WAIT_POLICY=PASSIVE (set before to
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
-from harness import add_common_arguments, run_main  # noqa: E402  (sets OMP_WAIT_POLICY before torch)
+
+from bench.harness import add_common_arguments, run_main  # noqa: E402  (sets OMP_WAIT_POLICY before torch)
 
 
 def bucket(count: int, max_instances: int) -> int:

@@ -1,6 +1,6 @@
 """Evaluation cost per image at COCO-like sizes: is our own code what dominates?
 
-    python bench/bench_eval.py [--images 20] [--repeats 3]
+    python -m bench.bench_eval [--images 20] [--repeats 3]
 
 Synthetic data: 480 x 640 images with 20 panoptic segments (GT) and a perturbed prediction; for mask
 AP, 7 ground-truth instances and 100 predicted instances per image (COCO's top-100). Prints medians
@@ -22,14 +22,11 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 
 import cv2
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from evaluation.coco import encode_masks, evaluate_coco_results, instances_to_coco_results  # noqa: E402
 from evaluation.panoptic_quality import PanopticEvaluator, id_to_rgb, pq_compute, read_panoptic_png  # noqa: E402

@@ -1,7 +1,7 @@
 """Latency of the exported network in each runtime next to the Keras model, on this CPU.
 
-    python bench/bench_export.py --arch r50 --size 480x640 --runs 7
-    python bench/bench_export.py --arch tiny --size 192x288 --runs 15
+    python -m bench.bench_export --arch r50 --size 480x640 --runs 7
+    python -m bench.bench_export --arch tiny --size 192x288 --runs 15
 
 One (1, H, W, 3) input through the network (`pred_logits`, `pred_masks`): Keras (`model(x)`, eager,
 as test.py runs it), the SavedModel's `logits` signature (tf.saved_model.load), LiteRT float32
@@ -16,11 +16,9 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402

@@ -1,10 +1,10 @@
 """Inference read-to-result, ours (the `Predictor` path test.py uses) against the reference, side by side.
 
-    python bench/bench_inference.py                                # 512x512 and 800x1216, batch 1
-    python bench/bench_inference.py --sizes 512x512 --modes function,xla,function-bf16 --repeats 3
-    python bench/bench_inference.py --memory                       # + peak RSS of each, fresh processes
+    python -m bench.bench_inference                                # 512x512 and 800x1216, batch 1
+    python -m bench.bench_inference --sizes 512x512 --modes function,xla,function-bf16 --repeats 3
+    python -m bench.bench_inference --memory                       # + peak RSS of each, fresh processes
 
-Both models have the same random R50 weights (80 classes, 100 queries; `tools/hf_reference.py`, the
+Both models have the same random R50 weights (80 classes, 100 queries; `tests/hf_reference.py`, the
 parity tests' construction). Per size a random-texture JPEG is written once; then, interleaved A B A B:
 
 - ours: `read_image` -> `Predictor` (test-time resize, model compiled per padded shape by
@@ -29,14 +29,11 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 import cli  # noqa: E402
 
 cli.reuse_freed_memory()  # as test.py sets it (cli.import_tensorflow); both sides share the process
@@ -77,7 +74,7 @@ def write_jpeg(folder: str, size: tuple[int, int]) -> str:
 
 def our_config(size: tuple[int, int], mode: str):
     """R50 COCO-instance config whose test-time resize keeps `size` (shorter side = min(size))."""
-    from tools.hf_reference import keras_config
+    from tests.hf_reference import keras_config
 
     config = keras_config("r50")
     config.data.min_size_test, config.data.max_size_test = min(size), 1333
@@ -89,7 +86,7 @@ def build_ours(mode: str, checkpoint: str | None):
     """Our R50 model (mixed_bfloat16 for a "-bf16" mode) with the reference's weights when given."""
     from model import build_model
     from model.checkpoints import load_detectron2_checkpoint
-    from tools.hf_reference import keras_config
+    from tests.hf_reference import keras_config
 
     dtype = "mixed_bfloat16" if mode.endswith("-bf16") else None
     network = build_model(keras_config("r50"), **({"dtype": dtype} if dtype else {}))
@@ -125,7 +122,7 @@ def reference_runner(hf):
 
 def build_reference():
     """The parity tests' reference (random R50 weights, batch norm calibrated on a random image)."""
-    from tools.hf_reference import build_reference as build
+    from tests.hf_reference import build_reference as build
 
     images = np.random.default_rng(0).uniform(0, 255, (1, 256, 256, 3)).astype(np.float32)
     return build("r50", seed=0, calibration_images=images)
@@ -174,15 +171,17 @@ def child(args) -> None:
             run, _ = ours_runner(build_ours(args.modes, None), size, args.modes)
         run(path)
         run(path)
-    from harness import peak_resident_gb
+    from bench.harness import peak_resident_gb
 
     print(f"MAXRSS_MB {peak_resident_gb() * 1024:.0f}")
 
 
 def peak_memory(side: str, size: str, mode: str, threads: int) -> float:
-    command = [sys.executable, os.path.abspath(__file__), "--child", side, "--sizes", size, "--modes", mode]
+    from bench.harness import ROOT, fresh_process
+
+    command = fresh_process(__file__) + ["--child", side, "--sizes", size, "--modes", mode]
     command += ["--threads", str(threads)]
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout
     return float(next(line.split()[1] for line in out.splitlines() if line.startswith("MAXRSS_MB")))
 
 
@@ -203,7 +202,7 @@ def main() -> None:
     import tensorflow as tf
     import torch
 
-    from tools.hf_reference import hf_to_detectron2
+    from tests.hf_reference import hf_to_detectron2
 
     set_threads(args.threads)
     sizes = [parse_size(s) for s in args.sizes.split(",")]

@@ -1,7 +1,7 @@
 """Loss + matching time per step for the two assignment back ends (scipy vs pure TF).
 
-    python bench/bench_matcher.py            # 2 images, 100 queries x 50 targets x 10 prediction sets
-    python bench/bench_matcher.py --batch 4 --loss-repeats 10
+    python -m bench.bench_matcher            # 2 images, 100 queries x 50 targets x 10 prediction sets
+    python -m bench.bench_matcher --batch 4 --loss-repeats 10
 
 Prints, for each back end and execution mode, the median time of (a) the assignment alone on the
 stacked (sets * batch, queries, targets) cost matrices and (b) the whole criterion forward pass
@@ -14,17 +14,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from bench_criterion import make_predictions, make_targets  # noqa: E402
-from harness import median_seconds  # noqa: E402
 
+from bench.bench_criterion import make_predictions, make_targets  # noqa: E402
+from bench.harness import median_seconds  # noqa: E402
 from config import Mask2FormerConfig  # noqa: E402
 from losses import build_criterion  # noqa: E402
 

@@ -1,7 +1,7 @@
 """Input-pipeline throughput: images/s of `build_dataset(config, "train")` with 1024x1024 large-scale jitter.
 
-    python bench/bench_pipeline.py                       # default: 64 images, 3 runs of 96 samples
-    python bench/bench_pipeline.py --runs 5 --samples 160 --batch_size 16
+    python -m bench.bench_pipeline                       # default: 64 images, 3 runs of 96 samples
+    python -m bench.bench_pipeline --runs 5 --samples 160 --batch_size 16
 
 Writes synthetic COCO-like data first (640x480 JPEGs of smooth noise, about 7 polygon instances each,
 some crowd), converts it with the project's converter, then times, in the same process:
@@ -19,12 +19,10 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402

@@ -1,7 +1,7 @@
 """One training step (forward, matching, loss, backward, AdamW update) against the reference.
 
-    python bench/bench_train_step.py                # 2 x 512x512, 5 and 10 instances, R50, 80 classes, 100 queries
-    python bench/bench_train_step.py --memory       # also the peak resident memory of each, fresh processes
+    python -m bench.bench_train_step                # 2 x 512x512, 5 and 10 instances, R50, 80 classes, 100 queries
+    python -m bench.bench_train_step --memory       # also the peak resident memory of each, fresh processes
 
 Ours: `TrainStep` (the step train.py runs: one tf.function, float32, global-norm clipping at 0.01, AdamW)
 on a batch as the pipeline gives it (targets padded to the batch's bucket, uint8). Reference: transformers'
@@ -14,14 +14,11 @@ each, torch with OMP_WAIT_POLICY=PASSIVE (set before torch is imported).
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
-from bench_criterion import make_targets, reference_targets  # noqa: E402
-from harness import add_common_arguments, run_main  # noqa: E402  (sets OMP_WAIT_POLICY before torch)
+
+from bench.bench_criterion import make_targets, reference_targets  # noqa: E402
+from bench.harness import add_common_arguments, run_main  # noqa: E402  (sets OMP_WAIT_POLICY before torch)
 
 
 def add_workload_arguments(parser):
@@ -81,7 +78,7 @@ def ours_fn(images, targets):
 
 
 def reference_fn(images, targets):
-    from tools.hf_reference import build_reference, reference_train_step
+    from tests.hf_reference import build_reference, reference_train_step
 
     return reference_train_step(build_reference("r50", seed=0), images, *reference_targets(targets))
 

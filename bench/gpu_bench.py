@@ -1,10 +1,10 @@
 """GPU inference: ours on Keras' JAX backend (jitted) against the reference in PyTorch, same GPU, same weights.
 
-    python bench/gpu_bench.py                          # R50, 800x1216, batch 1 (about 2 minutes on an H100)
-    python bench/gpu_bench.py --size 128x192 --tiny    # a tiny model: checks that the script runs (CPU too)
+    python -m bench.gpu_bench                          # R50, 800x1216, batch 1 (about 2 minutes on an H100)
+    python -m bench.gpu_bench --size 128x192 --tiny    # a tiny model: checks that the script runs (CPU too)
 
 Imports nothing that imports TensorFlow (a GPU machine with jax, torch and transformers is enough;
-TensorFlow is blocked at start to prove it). The reference is `tools/hf_reference.py`'s random R50
+TensorFlow is blocked at start to prove it). The reference is `tests/hf_reference.py`'s random R50
 (the parity tests' construction); its weights go through our detectron2 loader into our model.
 Times the model call on one random image: host array in, `pred_logits` and `pred_masks` back on the
 host, medians of `--repeats` after `--warmup` calls; ours is `CompiledModel(mode="xla")` = `jax.jit`,
@@ -23,7 +23,6 @@ import time
 sys.modules["tensorflow"] = None  # any import of TensorFlow now fails: the script must not need it
 os.environ["KERAS_BACKEND"] = "jax"
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # JAX and torch share the GPU
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
@@ -44,7 +43,7 @@ def main() -> None:
 
     from inference.predictor import CompiledModel
     from model import build_model
-    from tools.hf_reference import build_reference, keras_config, load_reference_weights, normalize
+    from tests.hf_reference import build_reference, keras_config, load_reference_weights, normalize
 
     assert keras.backend.backend() == "jax"
     device = "cuda" if torch.cuda.is_available() else "cpu"

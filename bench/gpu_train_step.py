@@ -50,7 +50,7 @@ def reference_step(hf, images, mask_labels, class_labels, precision):
     """The reference's step (see the module docstring) under autocast for bfloat16 / float16."""
     import torch
 
-    from tools.hf_reference import normalize
+    from tests.hf_reference import normalize
 
     hf.train()
     for module in hf.modules():
@@ -93,7 +93,7 @@ def main() -> None:
 
     from losses import build_criterion
     from model import build_model
-    from tools.hf_reference import SIZES, build_reference, keras_config, load_reference_weights
+    from tests.hf_reference import SIZES, build_reference, keras_config, load_reference_weights
     from training.keras_step import KerasTrainStep
     from training.optimizer import build_optimizer
     from training.schedules import build_schedule

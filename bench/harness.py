@@ -1,7 +1,7 @@
 """What every ours-against-the-reference benchmark shares: 2 threads each, torch with
 OMP_WAIT_POLICY=PASSIVE, interleaved A B A B rounds with medians, peak memory of a fresh process.
 
-    from harness import run_main                    # in bench/NAME.py, after `def build(args, which)`
+    from bench.harness import run_main              # in bench/NAME.py, after `def build(args, which)`
     run_main(__file__, parser, build, describe)     # parses, times ours / reference, prints ratios
 
 Importing this module sets OMP_WAIT_POLICY before torch is imported (import it first), and malloc's
@@ -20,13 +20,14 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ["OMP_WAIT_POLICY"] = (
     "PASSIVE"  # before torch starts its threads (its spinning default halves its speed here)
 )
 THREADS = 2
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = Path(__file__).resolve().parents[1]
 import cli  # noqa: E402
 
 cli.reuse_freed_memory()
@@ -106,6 +107,12 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, load {load:.1f}"
 
 
+def fresh_process(script: str) -> list[str]:
+    """The command that runs bench/NAME.py (`script`, a path) in a fresh process: `python -m bench.NAME`, to be
+    run with cwd=ROOT (the benches import the project as packages from the repository root)."""
+    return [sys.executable, "-m", f"bench.{Path(script).stem}"]
+
+
 def add_common_arguments(parser: argparse.ArgumentParser, warmup: int, repeats: int):
     """--warmup, --repeats, --seed, --memory and the hidden --child of a fresh memory process."""
     parser.add_argument("--warmup", type=int, default=warmup)
@@ -117,10 +124,12 @@ def add_common_arguments(parser: argparse.ArgumentParser, warmup: int, repeats: 
 
 def measure_memory(script: str, args, which: str) -> float:
     """Peak resident memory (GB) of a fresh process of `script` running `which` warm-up + 1 times."""
-    argv = [sys.executable, script, "--child", which] + [
-        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("child", "memory")
-    ]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    argv = (
+        fresh_process(script)
+        + ["--child", which]
+        + [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("child", "memory")]
+    )
+    out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])["max_rss_gb"]
 
 

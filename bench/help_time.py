@@ -1,6 +1,6 @@
 """Wall time of `python SCRIPT --help` for every script (`cli.SCRIPTS`), against a bare interpreter start-up.
 
-    python bench/help_time.py [--rounds 7]
+    python -m bench.help_time [--rounds 7]
 
 Each round runs every script's `--help` and `python -c pass` once, interleaved, in fresh processes; it
 prints the median of each and its ratio to the bare interpreter (the noise of a shared machine moves
@@ -18,9 +18,9 @@ import subprocess
 import sys
 import time
 
+from cli import SCRIPTS, script_argv  # the standard library only
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from cli import SCRIPTS  # noqa: E402  (the standard library only)
 
 BARE = "bare python"
 
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
     args = parser.parse_args(argv)
-    commands = {script: [sys.executable, script, "--help"] for script in SCRIPTS}
+    commands = {script: [sys.executable, *script_argv(script), "--help"] for script in SCRIPTS}
     commands[BARE] = [sys.executable, "-c", "pass"]
     times: dict[str, list[float]] = {name: [] for name in commands}
     seconds(commands["train.py"])  # warm-up: the file cache

@@ -1,6 +1,6 @@
 """Peak memory of `test.py` on a 12-megapixel photo with the R50 model (80 classes, 100 queries).
 
-    python bench/memory_12mp.py [--width 4000 --height 3000] [--task instance] [--score_threshold 0.5]
+    python -m bench.memory_12mp [--width 4000 --height 3000] [--task instance] [--score_threshold 0.5]
 
 Writes a 4000 x 3000 JPEG and the R50 COCO-instance model's random weights (`.weights.h5`) to a
 temporary folder, runs `python test.py --weights ... --images photo.jpg` in a fresh process and prints
@@ -24,11 +24,11 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Runs test.py's main in this process and reports the process's own peak RSS (Linux: KiB).
+# Runs (from ROOT) test.py's main in this process and reports the process's own peak RSS (Linux: KiB).
 WRAPPER = (
-    "import sys; sys.path[:0] = [{root!r}, {root!r} + '/bench']; import cli, test\n"
+    "import cli, test\n"
     "status = cli.run(test.main, {argv!r})\n"
-    "from harness import peak_resident_gb\n"
+    "from bench.harness import peak_resident_gb\n"
     "print('peak_rss_kib', round(peak_resident_gb() * 2**20), 'status', status)\n"
 )
 
@@ -36,18 +36,18 @@ WRAPPER = (
 def make_inputs(folder: str, height: int, width: int) -> tuple[str, str]:
     """A photo-like JPEG (smooth gradients and a few shapes) and random R50 weights."""
     code = (
-        "import sys, numpy as np, cv2; sys.path.insert(0, sys.argv[1])\n"
-        "h, w = int(sys.argv[3]), int(sys.argv[4])\n"
+        "import sys, numpy as np, cv2\n"
+        "h, w = int(sys.argv[2]), int(sys.argv[3])\n"
         "y, x = np.mgrid[0:h, 0:w]\n"
         "image = np.stack([x * 255 // w, y * 255 // h, (x + y) * 255 // (h + w)], -1).astype(np.uint8)\n"
         "cv2.circle(image, (w // 3, h // 2), h // 5, (200, 40, 40), -1)\n"
         "cv2.rectangle(image, (w // 2, h // 4), (w * 4 // 5, h * 3 // 4), (40, 200, 60), -1)\n"
-        "cv2.imwrite(sys.argv[2] + '/photo.jpg', image)\n"
+        "cv2.imwrite(sys.argv[1] + '/photo.jpg', image)\n"
         "import cli; cli.import_tensorflow()\n"
         "from config import Mask2FormerConfig; from model import build_model\n"
-        "build_model(Mask2FormerConfig()).save_weights(sys.argv[2] + '/r50.weights.h5')\n"
+        "build_model(Mask2FormerConfig()).save_weights(sys.argv[1] + '/r50.weights.h5')\n"
     )
-    subprocess.run([sys.executable, "-c", code, ROOT, folder, str(height), str(width)], check=True, cwd=ROOT)
+    subprocess.run([sys.executable, "-c", code, folder, str(height), str(width)], check=True, cwd=ROOT)
     return os.path.join(folder, "photo.jpg"), os.path.join(folder, "r50.weights.h5")
 
 
@@ -56,9 +56,7 @@ def measure(photo: str, weights: str, output: str, task: str, threshold: float) 
     argv = ["--weights", weights, "--preset", "coco_instance", "--task", task, "--images", photo, "--output", output]
     argv += ["--score_threshold", str(threshold)]
     start = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-c", WRAPPER.format(root=ROOT, argv=argv)], cwd=ROOT, capture_output=True, text=True
-    )
+    done = subprocess.run([sys.executable, "-c", WRAPPER.format(argv=argv)], cwd=ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     line = [x for x in done.stdout.splitlines() if x.startswith("peak_rss_kib")]
     if done.returncode != 0 or not line or not line[0].endswith("status 0"):

@@ -1,24 +1,21 @@
 """Resident memory of a training step as it builds up: after import, model built, traced (ours), each step.
 
-    python bench/memory_train_step.py               # ours and the reference, 2 x 512x512, 5 steps each
-    python bench/memory_train_step.py --steps 3 --size 256
+    python -m bench.memory_train_step               # ours and the reference, 2 x 512x512, 5 steps each
+    python -m bench.memory_train_step --steps 3 --size 256
 
 Each side runs in a fresh process (`bench_train_step.py`'s workloads: `TrainStep` against transformers'
 model + `Mask2FormerLoss` + AdamW) and prints its resident memory (VmRSS) and peak (VmHWM) at each point,
 so that the framework's share (imports, model objects, the traced graph) can be told from the step's
-(activations, gradients, optimizer slots). bench/NOTES.md, training attempt 22.
+(activations, gradients, optimizer slots).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_train_step import add_workload_arguments  # noqa: E402
-from harness import peak_resident_gb, resident_gb, set_threads  # noqa: E402  (OMP_WAIT_POLICY before torch)
+from bench.bench_train_step import add_workload_arguments
+from bench.harness import ROOT, fresh_process, peak_resident_gb, resident_gb, set_threads  # OMP_WAIT_POLICY first
 
 
 def report(label: str) -> None:
@@ -27,12 +24,12 @@ def report(label: str) -> None:
 
 def child(args) -> None:
     set_threads()
-    from bench_train_step import make_batch
+    from bench.bench_train_step import make_batch
 
     images, targets = make_batch(args)
     report("after import")
     if args.child == "ours":
-        from bench_train_step import ours_batch, ours_train_step
+        from bench.bench_train_step import ours_batch, ours_train_step
 
         train_step, batch = ours_train_step(images), ours_batch(images, targets)
         report("model built")
@@ -40,7 +37,7 @@ def child(args) -> None:
         report("step traced")
         run = lambda: train_step(batch)["loss_total"].numpy()  # noqa: E731
     else:
-        from bench_train_step import reference_fn
+        from bench.bench_train_step import reference_fn
 
         run = reference_fn(images, targets)
         report("model built")
@@ -62,10 +59,12 @@ def main() -> None:
         print(
             f"{side}: {args.instances.count(',') + 1} x {args.size}x{args.size}, instances {args.instances}", flush=True
         )
-        argv = [sys.executable, __file__, "--child", side] + [
-            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "child"
-        ]
-        subprocess.run(argv, check=True)
+        argv = (
+            fresh_process(__file__)
+            + ["--child", side]
+            + [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "child"]
+        )
+        subprocess.run(argv, cwd=ROOT, check=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Where a training step's time goes, ours and the reference's, part by part.
 
-    python bench/profile_train_step.py                  # 2 x 512x512, 5 and 10 instances, R50 (about 15 min)
-    python bench/profile_train_step.py --size 256       # smaller, quicker
+    python -m bench.profile_train_step                  # 2 x 512x512, 5 and 10 instances, R50 (about 15 min)
+    python -m bench.profile_train_step --size 256       # smaller, quicker
 
 Each side runs the same workload as `bench_train_step.py` in four nested pieces, timed interleaved
 (ours and the reference's pieces in turn, A B A B), medians after warm-up:
@@ -21,13 +21,10 @@ than the reference's would need.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_train_step import add_workload_arguments, make_batch, ours_batch, ours_train_step  # noqa: E402
-from harness import THREADS, interleaved, machine, set_threads  # noqa: E402  (OMP_WAIT_POLICY first)
+from bench.bench_train_step import add_workload_arguments, make_batch, ours_batch, ours_train_step  # noqa: E402
+from bench.harness import THREADS, interleaved, machine, set_threads  # noqa: E402  (OMP_WAIT_POLICY first)
 
 STAGES = ("forward", "forward + loss", "forward + loss + backward", "step")
 
@@ -74,9 +71,8 @@ def reference_step_flops(hf, pixels, mask_labels, class_labels) -> float:
 
 
 def reference_stages(images, targets) -> dict:
-    from bench_criterion import reference_targets
-
-    from tools.hf_reference import build_reference, normalize, reference_train_step
+    from bench.bench_criterion import reference_targets
+    from tests.hf_reference import build_reference, normalize, reference_train_step
 
     hf = build_reference("r50", seed=0)
     mask_labels, class_labels = reference_targets(targets)
@@ -105,7 +101,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     set_threads()
-    from bench_inference import matmul_rates
+    from bench.bench_inference import matmul_rates
 
     images, targets = make_batch(args)
     reference, flops = reference_stages(images, targets)

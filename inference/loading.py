@@ -112,7 +112,7 @@ def _check_path(path: str, flag: str) -> None:
     if not os.path.isfile(path):
         raise ModelLoadError(
             f"{path} does not exist; check the path (converted models come from "
-            "tools/convert_detectron2_checkpoint.py, official weights from the model zoo)"
+            "`python -m tools.convert_detectron2_checkpoint`, official weights from the model zoo)"
         )
 
 

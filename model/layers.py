@@ -29,7 +29,7 @@ class Linear(keras.layers.Dense):
     Same weights, names and numbers as Dense (one MatMul either way). Keras' TensorFlow backend writes a
     matmul of a rank > 2 input as `tf.tensordot`, whose shape arithmetic adds about 10 graph ops per call
     when the shape is dynamic: the R50 inference graph goes from 13,854 to 12,522 ops and its first call
-    (trace + graph optimisation) 2-3 s faster (bench/NOTES.md, inference attempt 12).
+    (trace + graph optimisation) 2-3 s faster.
     """
 
     def call(self, inputs, training=None):

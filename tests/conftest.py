@@ -1,15 +1,13 @@
-"""Shared test setup: repository root on sys.path, quiet TensorFlow, the external test data folder, and
+"""Shared test setup: quiet TensorFlow, the external test data folder, and
 session fixtures for artefacts that are expensive to build and only read by tests."""
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 # Real external files with reference results (never copied into the repository).
 SHARED_TESTDATA = Path(os.environ.get("MASK2FORMER_TESTDATA", ROOT.parent / "shared" / "testdata"))

@@ -1,7 +1,7 @@
 """Small shared builders for tests."""
 
 from config import Mask2FormerConfig
-from tools.hf_reference import SIZES
+from tests.hf_reference import SIZES
 
 
 def tiny_config(**model_overrides) -> Mask2FormerConfig:

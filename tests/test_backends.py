@@ -25,14 +25,13 @@ BACKENDS = ["torch", "jax"]
 
 RUN = """
 import sys, numpy as np, keras
-sys.path.insert(0, sys.argv[1])
 import model  # registers the layers
-m = keras.saving.load_model(sys.argv[2])
-images = np.load(sys.argv[3])
+m = keras.saving.load_model(sys.argv[1])
+images = np.load(sys.argv[2])
 out = m.predict(images, verbose=0) if keras.backend.backend() == "jax" else m(images)
 arrays = {"pred_logits": out["pred_logits"], "pred_masks": out["pred_masks"],
           "aux_4_pred_masks": out["aux_outputs"][4]["pred_masks"]}
-np.savez(sys.argv[4], **{k: keras.ops.convert_to_numpy(v) for k, v in arrays.items()}, backend=keras.backend.backend())
+np.savez(sys.argv[3], **{k: keras.ops.convert_to_numpy(v) for k, v in arrays.items()}, backend=keras.backend.backend())
 """
 
 # JAX compiles every eager op for each new shape (about 80 compilations to build the layers, 580 for an eager
@@ -84,9 +83,13 @@ def backend_runs(tmp_path_factory):
     for backend in BACKENDS:
         if importlib.util.find_spec(backend) is not None:
             env = {**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": "", **ENV}
-            command = [sys.executable, "-c", RUN, str(ROOT), str(tmp / "tiny.keras"), str(tmp / "images.npy")]
+            command = [sys.executable, "-c", RUN, str(tmp / "tiny.keras"), str(tmp / "images.npy")]
             runs[backend] = subprocess.Popen(
-                [*command, str(tmp / f"{backend}.npz")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+                [*command, str(tmp / f"{backend}.npz")],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
             )
     expected = {
         "pred_logits": out["pred_logits"].numpy(),

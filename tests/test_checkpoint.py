@@ -92,10 +92,10 @@ def test_imagenet_backbone_names_get_the_backbone_prefix(tmp_path):
 def test_unreadable_files_get_one_clear_sentence(tmp_path, capsys):
     with pytest.raises(CheckpointError, match="does not exist; check the path, or pass a model-zoo name") as missing:
         read_detectron2_checkpoint(str(tmp_path / "missing.pkl"))
-    command = re.search(r"`python (\S+\.py) (--\w+)`", str(missing.value))
+    command = re.search(r"`python -m ([\w.]+) (--\w+)`", str(missing.value))
     assert command, f"the hint names no command that lists the model zoo: {missing.value}"
-    script, flag = command.groups()
-    assert importlib.import_module(script.removesuffix(".py").replace("/", ".")).main([flag]) == 0
+    module, flag = command.groups()
+    assert importlib.import_module(module).main([flag]) == 0
     listed = capsys.readouterr().out
     assert all(f"`{name}`" in listed for name in ZOO_MODELS)  # it lists the names the hint speaks of
     truncated = tmp_path / "truncated.pkl"

@@ -27,14 +27,20 @@ def test_help_is_fast_and_imports_nothing_heavy():
     timings = {}
     for script in SCRIPTS:
         done = subprocess.run(
-            [sys.executable, "-X", "importtime", script, "--help"], cwd=ROOT, env=env, capture_output=True, text=True
+            [sys.executable, "-X", "importtime", *cli.script_argv(script), "--help"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
         )
         assert done.returncode == 0, done.stderr[-2000:]
         assert "usage:" in done.stdout and "examples:" in done.stdout and "python " in done.stdout, script
         imported = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines() if "|" in line}
         assert not imported & set(HEAVY), f"{script} --help imports {sorted(imported & set(HEAVY))}"
         start = time.perf_counter()
-        subprocess.run([sys.executable, script, "--help"], cwd=ROOT, env=env, capture_output=True, check=True)
+        subprocess.run(
+            [sys.executable, *cli.script_argv(script), "--help"], cwd=ROOT, env=env, capture_output=True, check=True
+        )
         timings[script] = time.perf_counter() - start
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", "pass"], check=True)
@@ -60,7 +66,7 @@ def test_a_reader_closing_stdout_stops_the_script_quietly():
     os.close(read_end)
     try:
         done = subprocess.run(
-            [sys.executable, "tools/convert_detectron2_checkpoint.py", "--list"],
+            [sys.executable, "-m", "tools.convert_detectron2_checkpoint", "--list"],
             cwd=ROOT, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
         )  # fmt: skip
     finally:
@@ -254,7 +260,7 @@ def test_every_scripts_real_command_line_fails_in_exactly_one_line(tmp_path):
     }
     processes = {
         script: subprocess.Popen(
-            [sys.executable, script, *argv],
+            [sys.executable, *cli.script_argv(script), *argv],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,

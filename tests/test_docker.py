@@ -64,6 +64,15 @@ def _docker_lines(kind: str) -> list[list[str]]:
 RUN_LINES = [c for c in _docker_lines("run") if IMAGE in c]  # this image; the tensorflow/serving line apart
 
 
+def _program(command: list[str]) -> tuple[str, list[str]]:
+    """(script path, its arguments) of a run line: `python test.py ...` or `python -m tools.export ...`."""
+    program = command[command.index(IMAGE) + 1 :]
+    assert program[0] == "python"
+    if program[1] == "-m":
+        return program[2].replace(".", "/") + ".py", program[3:]
+    return program[1], program[2:]
+
+
 def test_build_line_builds_this_dockerfile_from_the_repository_root():
     assert _docker_lines("build") == [["docker", "build", "-f", "docker/Dockerfile", "-t", IMAGE, "."]]
 
@@ -75,13 +84,10 @@ def _load(script: str):
     return module
 
 
-@pytest.mark.parametrize("command", RUN_LINES, ids=[c[c.index(IMAGE) + 2] for c in RUN_LINES])
+@pytest.mark.parametrize("command", RUN_LINES, ids=[_program(c)[0] for c in RUN_LINES])
 def test_docker_run_line_parses_with_the_scripts_flags(command):
-    program = command[command.index(IMAGE) + 1 :]
-    assert program[0] == "python"
-    script, argv = program[1], program[2:]
-    if not (ROOT / script).exists():
-        pytest.skip(f"{script} is not in the repository yet")
+    script, argv = _program(command)
+    assert (ROOT / script).exists(), script
     module = _load(script)
     if not hasattr(module, "parse_args"):  # tools/convert_detectron2_checkpoint.py: positional arguments only
         assert all(not a.startswith("-") for a in argv) and len(argv) == 2
@@ -92,7 +98,7 @@ def test_docker_run_line_parses_with_the_scripts_flags(command):
 
 
 def test_readme_covers_conversion_training_testing_and_evaluation():
-    scripts = [c[c.index(IMAGE) + 2] for c in RUN_LINES]
+    scripts = [_program(c)[0] for c in RUN_LINES]
     assert sorted(set(scripts)) == [
         "convert_coco_to_tfrecord.py",
         "test.py",
@@ -101,7 +107,7 @@ def test_readme_covers_conversion_training_testing_and_evaluation():
         "tools/export.py",
         "train.py",
     ]
-    assert all("--gpus" in c for c in RUN_LINES if c[c.index(IMAGE) + 2] in ("train.py", "test.py", "test_map.py"))
+    assert all("--gpus" in c for c in RUN_LINES if _program(c)[0] in ("train.py", "test.py", "test_map.py"))
 
 
 def test_config_arguments_of_the_train_line():
@@ -118,8 +124,8 @@ def test_config_arguments_of_the_train_line():
 
 def test_serving_line_mounts_the_exported_versions_as_model_name():
     (serving,) = [c for c in _docker_lines("run") if "tensorflow/serving" in c]
-    (export,) = [c for c in RUN_LINES if "tools/export.py" in c]
-    exported = export[export.index("tools/export.py") + 2]  # runs/serving/mask2former/1
+    (export,) = [c for c in RUN_LINES if _program(c)[0] == "tools/export.py"]
+    exported = _program(export)[1][1]  # runs/serving/mask2former/1
     mount = serving[serving.index("-v") + 1].split(":")
     assert mount[0] == "$PWD/" + exported.rsplit("/", 1)[0] and mount[1] == "/models/mask2former"
     assert exported.rsplit("/", 1)[1].isdigit()  # TF Serving reads numbered version folders

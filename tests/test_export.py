@@ -2,8 +2,8 @@
 
 Fast: the TensorFlow resize equals Pillow bit for bit; the TensorFlow post-processing equals
 inference/postprocess.py on the same logits (instance, panoptic, semantic).
-Slow (one export each, in its own runtime): the SavedModel loaded in a fresh interpreter without the
-project on sys.path, LiteRT's interpreter and onnxruntime on 3 real photos of different sizes.
+Slow (one export each, in its own runtime): the SavedModel loaded in a fresh interpreter that cannot
+import the project, LiteRT's interpreter and onnxruntime on 3 real photos of different sizes.
 """
 
 import json

@@ -15,7 +15,7 @@ from model.checkpoints import (  # noqa: E402
     read_hf_checkpoint,
 )
 from tests.helpers import tiny_config  # noqa: E402
-from tools.hf_reference import build_reference, run_ours, run_reference  # noqa: E402
+from tests.hf_reference import build_reference, run_ours, run_reference  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PROBE = """
 import sys
 import numpy as np
-sys.path.insert(0, {root!r})
 import cli
 if {tuned}:
     assert cli.reuse_freed_memory()
@@ -29,8 +28,8 @@ print(after_free, resident_mb() - start)
 
 
 def resident_growth(tuned: bool) -> tuple[int, int]:
-    code = PROBE.format(root=str(ROOT), tuned=tuned)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    code = PROBE.format(tuned=tuned)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     after_free, after_second_fill = (int(v) for v in out.split())
     return after_free, after_second_fill
 

@@ -11,7 +11,7 @@ from config import Mask2FormerConfig
 from model import build_model
 from model.checkpoints import load_detectron2_checkpoint
 from tests.helpers import tiny_config
-from tools.hf_reference import SIZES, keras_config, run_ours
+from tests.hf_reference import SIZES, keras_config, run_ours
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -62,7 +62,7 @@ def test_parameter_count_equals_reference(size):
     frozen_stats = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights if "moving_" in w.path)
     parameters = model.count_params() - frozen_stats  # trainable + frozen BN affine, as HF counts
     pytest.importorskip("torch")
-    from tools.hf_reference import build_hf
+    from tests.hf_reference import build_hf
 
     reference = sum(p.numel() for p in build_hf(config).parameters())
     print(f"{size} parameters: ours {parameters:,}, reference {reference:,}")

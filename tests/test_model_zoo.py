@@ -65,16 +65,18 @@ def test_r101_is_not_a_download_and_says_how_to_make_it():
         download("R-101")
 
 
-def test_readme_model_zoo_table_is_the_generated_one():
+def test_documented_model_zoo_table_is_the_generated_one():
     table = zoo_table()
     assert table.count("\n") == len(ZOO_MODELS) + 1
-    assert table in (ROOT / "README.md").read_text(), "regenerate: python tools/convert_detectron2_checkpoint.py --list"
+    assert table in (ROOT / "docs" / "model.md").read_text(), (
+        "regenerate: python -m tools.convert_detectron2_checkpoint --list"
+    )
 
 
 def test_list_imports_neither_keras_nor_tensorflow():
     """`--list` reads the zoo from model_zoo.py (plain data): no Keras, TensorFlow or NumPy import (before: 10-19 s
     on a shared 2-core machine, importing model/; after 0.26 s)."""
-    command = [sys.executable, "tools/convert_detectron2_checkpoint.py", "--list"]
+    command = [sys.executable, "-m", "tools.convert_detectron2_checkpoint", "--list"]
     done = subprocess.run([command[0], "-X", "importtime", *command[1:]], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == zoo_table(), done.stderr[-2000:]
     imported = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines() if "|" in line}

@@ -163,7 +163,7 @@ def test_the_released_layout_has_the_official_tensor_count():
     shapes = official_shapes((3, 4, 6, 3), 80)
     n_params = sum(int(np.prod(s)) for n, s in shapes.items() if "running_" not in n and not n.startswith("crit"))
     assert round(n_params / 1e6, 1) == 44.0
-    # 265 backbone tensors and 557 network tensors in all (the counts the issue's logs show), + empty_weight
+    # 265 backbone tensors and 557 network tensors in all (the official loader's counts), + empty_weight
     assert "sem_seg_head.predictor.static_query.weight" in shapes and len(shapes) == 558
     assert sum(n.startswith("backbone.") for n in shapes) == 265
     assert len(official_shapes((3, 4, 23, 3), 80)) == 558 + 17 * 15  # R101: 17 more res4 blocks of 15 tensors
@@ -307,7 +307,7 @@ def test_backbone_load_reports_once_and_consistently(tmp_path, r50_model):
 
 
 def official_swin_shapes(dim, depths, heads, window, num_classes=80, num_queries=100):
-    """Name -> shape of an official D2SwinTransformer Mask2Former (the names listed in the issue)."""
+    """Name -> shape of an official D2SwinTransformer Mask2Former (the names of the released checkpoints)."""
     shapes = {"backbone.patch_embed.proj.weight": (dim, 3, 4, 4), "backbone.patch_embed.proj.bias": (dim,)}
     shapes |= {"backbone.patch_embed.norm.weight": (dim,), "backbone.patch_embed.norm.bias": (dim,)}
     for i, (depth, n_heads) in enumerate(zip(depths, heads, strict=True)):

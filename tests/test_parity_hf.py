@@ -27,7 +27,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from tools.hf_reference import compare, keras_config  # noqa: E402
+from tests.hf_reference import compare, keras_config  # noqa: E402
 
 TOLERANCE = {"float32": 1e-4, "float64": 1e-6}
 SWIN_IMAGES = (2, 160, 256)

@@ -197,7 +197,7 @@ def test_every_trainable_parameter_gets_a_gradient(swin_model):
 def _reference_count(config):
     """Parameters of the reference built like `config` (HF's unused final `swin.layernorm` left out:
     the official D2 Swin has `norm0..3` only)."""
-    from tools.hf_reference import build_hf
+    from tests.hf_reference import build_hf
 
     hf = build_hf(config)
     return sum(p.numel() for name, p in hf.named_parameters() if ".swin.layernorm." not in name)
@@ -262,7 +262,7 @@ def test_reference_names_from_save_pretrained_map_like_the_live_model(tmp_path, 
     pytest.importorskip("transformers")
     from safetensors.numpy import load_file
 
-    from tools.hf_reference import build_hf, hf_to_detectron2
+    from tests.hf_reference import build_hf, hf_to_detectron2
 
     hf = build_hf(tiny_swin_config())
     hf.save_pretrained(tmp_path)

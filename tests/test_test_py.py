@@ -325,13 +325,9 @@ def test_a_saved_model_carries_its_inference_settings(image_folder, tiny_model_f
 @pytest.mark.slow
 def test_a_12_megapixel_photo_stays_under_3_gb():
     """test.py (fresh process) on 4000 x 3000 with the 80-class, 100-query R50 model: peak RSS < 3 GB."""
-    import importlib.util
+    from bench import memory_12mp
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "memory_12mp.py"
-    spec = importlib.util.spec_from_file_location("memory_12mp", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    assert bench.main(["--score_threshold", "0.5"]) < 3.0
+    assert memory_12mp.main(["--score_threshold", "0.5"]) < 3.0
 
 
 def test_image_alone_equals_image_in_a_batch_with_a_larger_one(tiny_model_files, tmp_path):

@@ -29,24 +29,23 @@ class _NoTorch:
         if name == "torch" or name.startswith("torch."):
             raise ImportError("torch is blocked in this test")
 sys.meta_path.insert(0, _NoTorch())
-sys.path.insert(0, sys.argv[1])
 import numpy as np
 from model.checkpoints import CheckpointError
 from model.checkpoints import read_torch_checkpoint, load_imagenet_backbone
 results = {}
-for path in sys.argv[3:]:
+for path in sys.argv[2:]:
     try:
         state = read_torch_checkpoint(path)
         np.savez(path + ".npz", **state)
         results[path] = "read"
     except CheckpointError as e:
         results[path] = f"{type(e).__name__}: {e}"
-if sys.argv[2] != "-":
+if sys.argv[1] != "-":
     from model import build_model
     from tests.helpers import tiny_swin_config
     model = build_model(tiny_swin_config())
-    report = load_imagenet_backbone(model, sys.argv[2])
-    np.savez(sys.argv[2] + ".loaded.npz", **{w.path.split("backbone/")[1]: w.numpy() for w in model.backbone.weights})
+    report = load_imagenet_backbone(model, sys.argv[1])
+    np.savez(sys.argv[1] + ".loaded.npz", **{w.path.split("backbone/")[1]: w.numpy() for w in model.backbone.weights})
     results["report"] = str(report)
 results["torch_imported"] = "torch" in sys.modules
 print(json.dumps(results))
@@ -57,7 +56,8 @@ def _run_without_torch(backbone_file, *paths):
     import json
 
     out = subprocess.run(
-        [sys.executable, "-c", WITHOUT_TORCH, str(ROOT), str(backbone_file), *map(str, paths)],
+        [sys.executable, "-c", WITHOUT_TORCH, str(backbone_file), *map(str, paths)],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},

@@ -1,9 +1,9 @@
 """Converts an official Mask2Former checkpoint to a self-contained Keras model file.
 
-    python tools/convert_detectron2_checkpoint.py model_final_3c8ec9.pkl mask2former_r50_coco.keras
-    python tools/convert_detectron2_checkpoint.py coco_instance_r50 out.keras      # model-zoo name: downloads
-    python tools/convert_detectron2_checkpoint.py path/to/hf_model out.keras       # model.safetensors + config.json
-    python tools/convert_detectron2_checkpoint.py --list                           # the model zoo (markdown)
+    python -m tools.convert_detectron2_checkpoint model_final_3c8ec9.pkl mask2former_r50_coco.keras
+    python -m tools.convert_detectron2_checkpoint coco_instance_r50 out.keras      # model-zoo name: downloads
+    python -m tools.convert_detectron2_checkpoint path/to/hf_model out.keras       # model.safetensors + config.json
+    python -m tools.convert_detectron2_checkpoint --list                           # the model zoo (markdown)
 
 The architecture (backbone, classes, queries, depths, widths) is read from the checkpoint's shapes
 (a Hugging Face directory: from its config.json). The file also carries the inference settings of the
@@ -16,10 +16,7 @@ test_map.py --model use. The result loads with no other argument:
     outputs = m(images)   # (B, H, W, 3) RGB 0..255
 """
 
-import os
 import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cli  # noqa: E402
 from config import PRESETS, Mask2FormerConfig  # noqa: E402

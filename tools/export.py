@@ -1,9 +1,9 @@
 """Exports a trained Mask2Former for serving: TF SavedModel (TF Serving), LiteRT or ONNX.
 
-    python tools/export.py mask2former_r50_coco.keras export/m2f --format saved_model
-    python tools/export.py mask2former_r50_coco.keras m2f.tflite --format litert --size 800x1216 --precision float16
-    python tools/export.py mask2former_r50_coco.keras m2f.onnx --format onnx --size 800x1216
-    python tools/export.py --weights runs/m/model.weights.h5 --config runs/m/config.json m2f --format saved_model
+    python -m tools.export mask2former_r50_coco.keras export/m2f --format saved_model
+    python -m tools.export mask2former_r50_coco.keras m2f.tflite --format litert --size 800x1216 --precision float16
+    python -m tools.export mask2former_r50_coco.keras m2f.onnx --format onnx --size 800x1216
+    python -m tools.export --weights runs/m/model.weights.h5 --config runs/m/config.json m2f --format saved_model
 
 MODEL is a `.keras` file, or give `--weights` (detectron2 `.pkl` or Keras `.weights.h5`) for the model
 that `--preset/--config/--set` describe, as test.py takes them. The SavedModel's result signatures use
@@ -15,10 +15,7 @@ hold the network only (`pred_logits`, `pred_masks`) at a fixed `--size`. See inf
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cli  # noqa: E402
 

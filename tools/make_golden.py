@@ -1,6 +1,6 @@
 """Writes the tiny-config golden files that let the parity check run without torch.
 
-    python tools/make_golden.py     # needs `bash setup.sh --dev`; rewrites tests/golden/tiny_*
+    python -m tools.make_golden     # needs `bash setup.sh --dev`; rewrites tests/golden/tiny_*
 
 `tiny_detectron2.pkl`: the reference's random weights under detectron2 names (what the loader reads);
 `tiny_reference_outputs.npz`: the input images and every reference output (float32).
@@ -8,14 +8,12 @@
 
 import os
 import pickle
-import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from tests.hf_reference import build_reference, hf_to_detectron2, run_reference
 
-from tools.hf_reference import build_reference, hf_to_detectron2, run_reference  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 GOLDEN_DIR = os.path.join(ROOT, "tests", "golden")
 IMAGE_SHAPE = (2, 96, 128, 3)  # non-square, a multiple of 32

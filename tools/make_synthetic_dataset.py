@@ -1,6 +1,6 @@
 """Writes the synthetic shapes dataset (COCO instances, COCO panoptic and semantic label PNGs).
 
-    python tools/make_synthetic_dataset.py datasets/synthetic --train 400 --val 100 --seed 0 --size 128 128
+    python -m tools.make_synthetic_dataset datasets/synthetic --train 400 --val 100 --seed 0 --size 128 128
 
 Same arguments, same bytes. What the images hold and the folder layout: see data/synthetic.py. It
 prints the convert_coco_to_tfrecord.py commands that turn the result into TFRecords.
@@ -8,8 +8,6 @@ prints the convert_coco_to_tfrecord.py commands that turn the result into TFReco
 
 import os
 import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cli  # noqa: E402
 

@@ -1,18 +1,14 @@
 """Prints the parity table (our model vs the reference implementation, same weights) for the README.
 
-    python tools/parity_report.py            # R50, 2 x 160 x 224, float32 and float64 (~1 min on 2 cores)
-    python tools/parity_report.py --size swin_t   # Swin-T, 2 x 160 x 256 (no stage a multiple of the window)
+    python -m tools.parity_report            # R50, 2 x 160 x 224, float32 and float64 (~1 min on 2 cores)
+    python -m tools.parity_report --size swin_t   # Swin-T, 2 x 160 x 256 (no stage a multiple of the window)
 
 Needs `bash setup.sh --dev` (torch + transformers).
 """
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tools.hf_reference import SIZES, compare  # noqa: E402
+from tests.hf_reference import SIZES, compare  # noqa: E402
 
 
 def main():

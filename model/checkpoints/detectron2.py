@@ -58,7 +58,7 @@ def read_detectron2_checkpoint(path: str) -> dict[str, np.ndarray]:
     if not os.path.isfile(path):
         raise CheckpointError(
             f"checkpoint {path} does not exist; check the path, or pass a model-zoo name instead (it is downloaded "
-            "once; `python tools/convert_detectron2_checkpoint.py --list` lists them)"
+            "once; `python -m tools.convert_detectron2_checkpoint --list` lists them)"
         )
     with open(path, "rb") as f:
         data = f.read()
