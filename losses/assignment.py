@@ -18,17 +18,12 @@ import numpy as np
 import scipy.optimize
 from keras import ops
 
+from losses.point_sampling import dim
+
 # A diverged model can produce non-finite costs; they become this (finite) value, so such pairs are
 # matched only when nothing else is possible (transformers uses float max with scipy's float64 solver;
 # the float32 device solver needs headroom for its dual variables).
 NONFINITE_COST = 1e8
-
-
-def dim(x, axis: int):
-    """x's size along `axis`: the int where the shape knows it, else a scalar tensor (TensorFlow traces
-    the training step with the target-slot axis left open)."""
-    size = x.shape[axis]
-    return size if size is not None else ops.shape(x)[axis]
 
 
 def _masks_or_all(cost, row_valid, col_valid):
