@@ -1,5 +1,9 @@
 """Checkpoints every N steps and at the end, and resuming from the latest one.
 
+TensorFlow runs write `tf.train.Checkpoint`s (`TrainingCheckpoints`, which work under every strategy);
+JAX and PyTorch runs write `KerasCheckpoints` (plain arrays in `.npz` files). The rest of this docstring is
+about the TensorFlow ones.
+
 A checkpoint holds the model, the optimizer (Adam moments, its update count, the loss scale) and the
 step counter; the learning rate and the data position are functions of the step, so restoring those
 three resumes the run exactly. `tf.train.CheckpointManager` writes each checkpoint's files first and
@@ -14,9 +18,11 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import uuid
 
+import keras
 import numpy as np
 import tensorflow as tf
 from keras.backend import standardize_dtype
@@ -65,8 +71,10 @@ def variable_bytes(variables) -> int:
 
 
 def latest_checkpoint(output_dir: str) -> str | None:
-    """The newest checkpoint written in `output_dir`, or None."""
-    return tf.train.latest_checkpoint(os.path.join(output_dir, CHECKPOINT_SUBDIR))
+    """The newest checkpoint written in `output_dir` (TensorFlow's or `KerasCheckpoints`'), or None."""
+    directory = os.path.join(output_dir, CHECKPOINT_SUBDIR)
+    found = [p for p in [tf.train.latest_checkpoint(directory), *_keras_checkpoints(directory)[-1:]] if p]
+    return max(found, key=checkpoint_step) if found else None
 
 
 class TrainingCheckpoints:
@@ -114,4 +122,83 @@ class TrainingCheckpoints:
             ) from None
         if not self.chief:
             shutil.rmtree(self.write_directory, ignore_errors=True)
+        return path
+
+
+KERAS_CHECKPOINT = re.compile(r"ckpt-(\d+)\.npz$")
+
+
+def checkpoint_step(path: str) -> int:
+    """The optimizer step a checkpoint (either format) was written at."""
+    match = KERAS_CHECKPOINT.search(path)
+    if match:
+        return int(match.group(1))
+    reader = tf.train.load_checkpoint(path)
+    key = "step/.ATTRIBUTES/VARIABLE_VALUE"
+    return int(reader.get_tensor(key)) if reader.has_tensor(key) else 0
+
+
+def _keras_checkpoints(directory: str) -> list[str]:
+    """The `ckpt-N.npz` files of `directory`, oldest first."""
+    found = [p for p in glob.glob(os.path.join(directory, "ckpt-*.npz")) if KERAS_CHECKPOINT.search(p)]
+    return sorted(found, key=checkpoint_step)
+
+
+class KerasCheckpoints:
+    """The checkpoints of a JAX or PyTorch run: `ckpt-N.npz` under `output_dir/checkpoints`.
+
+    Each holds every model variable by its path (`model/...`), every optimizer variable in the optimizer's
+    order (`optimizer/i`: Adam moments, update count, learning rate, loss scale) and `step`: plain arrays,
+    readable on any backend. A file is written under a temporary name and renamed into place, so a run
+    killed mid-save resumes from the previous one; the oldest beyond `keep` are deleted.
+    """
+
+    def __init__(self, output_dir: str, *, model, optimizer, keep: int):
+        self.directory = os.path.join(output_dir, CHECKPOINT_SUBDIR)
+        self.model_variables = model_variables(model)
+        self.optimizer = optimizer
+        self.keep = keep
+
+    def restore_latest(self) -> tuple[str | None, int]:
+        """Restores the newest checkpoint; returns (its path, its step), or (None, 0) when there is none."""
+        found = _keras_checkpoints(self.directory)
+        if not found:
+            return None, 0
+        path = found[-1]
+        with np.load(path) as saved:
+            for name, variable in self.model_variables.items():
+                variable.assign(saved[f"model/{name}"])
+            for i, variable in enumerate(self.optimizer.variables):
+                variable.assign(saved[f"optimizer/{i}"])
+            return path, int(saved["step"])
+
+    def save(self, step: int) -> str:
+        """Writes `ckpt-{step}.npz`; returns its path. A failed write leaves no partial file and raises OSError."""
+        os.makedirs(self.directory, exist_ok=True)
+        path = os.path.join(self.directory, f"ckpt-{step}.npz")
+        arrays = {
+            f"model/{name}": np.asarray(keras.ops.convert_to_numpy(v)) for name, v in self.model_variables.items()
+        }
+        arrays.update(
+            {
+                f"optimizer/{i}": np.asarray(keras.ops.convert_to_numpy(v))
+                for i, v in enumerate(self.optimizer.variables)
+            }
+        )
+        temporary = f"{path}.{uuid.uuid4().hex}.tmp"
+        try:
+            with open(temporary, "wb") as f:
+                np.savez(f, step=np.int64(step), **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, path)
+        except OSError as e:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+            raise OSError(
+                f"cannot write checkpoint {step} in {self.directory} ({e.strerror or e}); "
+                "free disk space or choose another train.output_dir, then run again to resume"
+            ) from None
+        for old in _keras_checkpoints(self.directory)[: -self.keep]:
+            os.remove(old)
         return path

@@ -17,20 +17,23 @@ import numpy as np
 import tensorflow as tf
 
 from config import ConfigError, Mask2FormerConfig
-from data.pipeline import load_categories
+from data.pipeline import build_dataset, load_categories
 from inference.loading import save_model
 from inference.postprocess import PostProcessor
 from losses import build_criterion
 from model import build_model
 from training.checkpointing import (
     CONFIG_FILE,
+    KerasCheckpoints,
     TrainingCheckpoints,
     check_output_dir,
+    checkpoint_step,
     latest_checkpoint,
     variable_bytes,
 )
 from training.distribution import distributed_train_dataset, is_chief, replica_batch_size, select_strategy
 from training.initialization import initialize_weights
+from training.keras_step import KerasTrainStep
 from training.optimizer import build_optimizer
 from training.reporting import TrainingReporter
 from training.resume import check_resume_config
@@ -119,9 +122,7 @@ def _train(config, resume, allow_config_change, criterion, stop: StopRequests) -
     config_changes = []
     if newest:
         config_changes = check_resume_config(os.path.join(t.output_dir, CONFIG_FILE), config, allow_config_change)
-        reader = tf.train.load_checkpoint(newest)
-        key = "step/.ATTRIBUTES/VARIABLE_VALUE"
-        done = int(reader.get_tensor(key)) if reader.has_tensor(key) else 0
+        done = checkpoint_step(newest)
         if done > t.max_steps:
             raise ConfigError(
                 f"{t.output_dir} is already at step {done}, past train.max_steps={t.max_steps}; "
@@ -129,56 +130,23 @@ def _train(config, resume, allow_config_change, criterion, stop: StopRequests) -
             )
     keras.utils.set_random_seed(t.seed)
 
-    strategy = select_strategy(t)
-    chief = is_chief(strategy)
-    per_replica = replica_batch_size(config, strategy)
-    with strategy.scope():
-        model = build_model(config, dtype=keras.DTypePolicy(t.mixed_precision))
-        step = tf.Variable(
-            0, dtype=tf.int64, trainable=False, name="step", aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA
-        )
-        schedule = build_schedule(t)
-        optimizer = build_optimizer(t, model, learning_rate=lambda: schedule(step))
-
-    resolver = getattr(strategy, "cluster_resolver", None)
-    checkpoints = TrainingCheckpoints(
-        t.output_dir,
-        model=model,
-        optimizer=optimizer,
-        step=step,
-        keep=t.keep_checkpoints,
-        chief=chief,
-        worker_id=(resolver.task_id or 0) if resolver is not None else 0,
-    )
+    run = (_tensorflow_run if keras.backend.backend() == "tensorflow" else _keras_run)(config, criterion)
+    model, chief = run.model, run.chief
     if chief:  # before any work: a checkpoint, its successor being written, the final weights and model
         # (a checkpoint holds the variables and Adam's two moments of the trainable ones)
         model_bytes, trainable_bytes = variable_bytes(model.variables), variable_bytes(model.trainable_variables)
         check_output_dir(t.output_dir, 2 * (model_bytes + 2 * trainable_bytes) + 2 * model_bytes + 2**26)
-    last_checkpoint = checkpoints.restore_latest() if resume else None
-    start_step = int(step.numpy())
+    last_checkpoint, start_step = run.restore_latest() if resume else (None, 0)
     init_summary = f"resumed from {last_checkpoint} at step {start_step}" if last_checkpoint else None
     if init_summary is None:
         init_summary = initialize_weights(model, t)
+    run.weights_changed()
     # the first batch before anything is written: empty shards leave the run folder as it was
-    iterator = iter(distributed_train_dataset(config, strategy, start_step))
+    iterator = run.batches(start_step)
     first_batch = _next_batch(iterator, config) if start_step < t.max_steps else None
     if chief:
         config.save(os.path.join(t.output_dir, CONFIG_FILE))
 
-    on_tpu = isinstance(strategy, tf.distribute.TPUStrategy)
-    train_step = TrainStep(
-        model,
-        criterion or build_criterion(config, dynamic_pairs=not (t.jit_compile or on_tpu)),
-        optimizer,
-        strategy,
-        step,
-        accumulation_steps=t.accumulation_steps,
-        replica_batch_size=per_replica,
-        seed=t.seed,
-        learning_rate=schedule,
-        jit_compile=t.jit_compile,
-    )
-    render = not on_tpu  # predictions are drawn on the host
     categories = load_categories(config, config.data.train_files)
     reporter = TrainingReporter(
         t.output_dir,
@@ -188,21 +156,20 @@ def _train(config, resume, allow_config_change, criterion, stop: StopRequests) -
         log_every=t.log_every,
         chief=chief,
         class_names=categories.names,
-        postprocessor=PostProcessor.from_config(config, isthing=categories.isthing) if render else None,
+        postprocessor=PostProcessor.from_config(config, isthing=categories.isthing) if run.render else None,
     )
     if config_changes:
         reporter.message(f"config changes accepted on resume: {'; '.join(config_changes)}")
     reporter.message(
-        f"{init_summary}; {strategy.num_replicas_in_sync} replica(s) ({type(strategy).__name__}), "
-        f"{t.batch_size} images per step = {per_replica} per replica in {t.accumulation_steps} micro-batch(es), "
-        f"{t.mixed_precision}, steps {start_step} -> {t.max_steps}"
+        f"{init_summary}; {run.description}, {t.batch_size} images per step in {t.accumulation_steps} "
+        f"micro-batch(es) per replica, {t.mixed_precision}, steps {start_step} -> {t.max_steps}"
     )
 
     history, nonfinite_in_a_row, status = [], 0, "finished"
     current = saved_step = start_step
     while current < t.max_steps and stop.signal_name is None:
         batch, first_batch = (first_batch, None) if first_batch is not None else (_next_batch(iterator, config), None)
-        results = train_step(batch)
+        results = run.step(batch, current)
         current += 1
         scalars = reporter.step_done(current, results)
         history.append({"step": current, **scalars})
@@ -218,13 +185,13 @@ def _train(config, resume, allow_config_change, criterion, stop: StopRequests) -
             continue
         nonfinite_in_a_row = 0
         if current % t.checkpoint_every == 0 or current == t.max_steps:
-            last_checkpoint, saved_step = checkpoints.save(), current
-            images = strategy.experimental_local_results(batch["image"])[0]
-            reporter.render_predictions(current, model, np.asarray(images))
+            last_checkpoint, saved_step = run.save(current), current
+            reporter.render_predictions(current, model, run.first_images(batch))
     if stop.signal_name is not None and status == "finished" and current < t.max_steps:
         status = "interrupted"
         if current != saved_step:
-            last_checkpoint = checkpoints.save()
+            last_checkpoint = run.save(current)
+    run.sync()
     if status == "finished" and chief:
         # Keras weights of the final model, for test.py / test_map.py --weights with this run's config.json,
         # and a float32 .keras carrying the inference settings and class names, for --model.
@@ -239,3 +206,112 @@ def _train(config, resume, allow_config_change, criterion, stop: StopRequests) -
         )
     reporter.close()
     return TrainResult(status, current, last_checkpoint, history, model, stop.signal_name)
+
+
+@dataclass
+class _Run:
+    """What differs between the TensorFlow run (strategies, `TrainStep`, `tf.train.Checkpoint`) and the
+    JAX / PyTorch run (one device, `KerasTrainStep`, `KerasCheckpoints`)."""
+
+    model: keras.Model
+    chief: bool
+    render: bool  # whether predictions are drawn on the host (not on TPU)
+    description: str  # replicas and backend, for the first log line
+    step: object  # (batch, steps done) -> dict of scalars
+    save: object  # steps done -> checkpoint path
+    restore_latest: object  # () -> (path or None, step)
+    batches: object  # start step -> iterator of batches
+    first_images: object  # batch -> (b, H, W, 3) numpy images of the first replica
+    sync: object = lambda: None  # writes the step's state into the Keras variables
+    weights_changed: object = lambda: None  # the Keras variables were restored or initialised
+
+
+def _tensorflow_run(config, criterion) -> _Run:
+    t = config.train
+    strategy = select_strategy(t)
+    per_replica = replica_batch_size(config, strategy)
+    with strategy.scope():
+        model = build_model(config, dtype=keras.DTypePolicy(t.mixed_precision))
+        step = tf.Variable(
+            0, dtype=tf.int64, trainable=False, name="step", aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA
+        )
+        schedule = build_schedule(t)
+        optimizer = build_optimizer(t, model, learning_rate=lambda: schedule(step))
+    chief = is_chief(strategy)
+    resolver = getattr(strategy, "cluster_resolver", None)
+    checkpoints = TrainingCheckpoints(
+        t.output_dir,
+        model=model,
+        optimizer=optimizer,
+        step=step,
+        keep=t.keep_checkpoints,
+        chief=chief,
+        worker_id=(resolver.task_id or 0) if resolver is not None else 0,
+    )
+    on_tpu = isinstance(strategy, tf.distribute.TPUStrategy)
+    train_step = TrainStep(
+        model,
+        criterion or build_criterion(config, dynamic_pairs=not (t.jit_compile or on_tpu)),
+        optimizer,
+        strategy,
+        step,
+        accumulation_steps=t.accumulation_steps,
+        replica_batch_size=per_replica,
+        seed=t.seed,
+        learning_rate=schedule,
+        jit_compile=t.jit_compile,
+    )
+
+    def restore_latest():
+        path = checkpoints.restore_latest()
+        return path, int(step.numpy())
+
+    return _Run(
+        model=model,
+        chief=chief,
+        render=not on_tpu,
+        description=f"TensorFlow, {strategy.num_replicas_in_sync} replica(s) ({type(strategy).__name__})",
+        step=lambda batch, done: train_step(batch),
+        save=lambda done: checkpoints.save(),
+        restore_latest=restore_latest,
+        batches=lambda start: iter(distributed_train_dataset(config, strategy, start)),
+        first_images=lambda batch: np.asarray(strategy.experimental_local_results(batch["image"])[0]),
+    )
+
+
+def _keras_run(config, criterion) -> _Run:
+    t = config.train
+    backend = keras.backend.backend()
+    model = build_model(config, dtype=keras.DTypePolicy(t.mixed_precision))
+    schedule = build_schedule(t)
+    optimizer = build_optimizer(t, model, learning_rate=t.learning_rate)
+    checkpoints = KerasCheckpoints(t.output_dir, model=model, optimizer=optimizer, keep=t.keep_checkpoints)
+    # JAX compiles static shapes: all of the B x R point-sampled rows, the unmatched ones masked.
+    criterion = criterion or build_criterion(config, dynamic_pairs=backend != "jax")
+    train_step = KerasTrainStep(
+        model, criterion, optimizer, schedule, accumulation_steps=t.accumulation_steps, seed=t.seed
+    )
+
+    def save(done):
+        train_step.sync()
+        return checkpoints.save(done)
+
+    def batches(start):
+        dataset = build_dataset(
+            config, "train", batch_size=t.batch_size, skip_examples=start * t.batch_size, bucket_instances=True
+        )
+        return dataset.as_numpy_iterator()
+
+    return _Run(
+        model=model,
+        chief=True,
+        render=True,
+        description=f"{backend}, 1 device",
+        step=train_step,
+        save=save,
+        restore_latest=checkpoints.restore_latest,
+        batches=batches,
+        first_images=lambda batch: batch["image"],
+        sync=train_step.sync,
+        weights_changed=train_step.reload,
+    )
