@@ -2,9 +2,12 @@
 
     python -m bench.bench_train_step                # 2 x 512x512, 5 and 10 instances, R50, 80 classes, 100 queries
     python -m bench.bench_train_step --memory       # also the peak resident memory of each, fresh processes
+    KERAS_BACKEND=torch python -m bench.bench_train_step    # ours on Keras' PyTorch backend (or jax)
 
-Ours: `TrainStep` (the step train.py runs: one tf.function, float32, global-norm clipping at 0.01, AdamW)
-on a batch as the pipeline gives it (targets padded to the batch's bucket, uint8). Reference: transformers'
+Ours: the step train.py runs on the Keras backend of the process, float32, global-norm clipping at 0.01,
+AdamW: `TrainStep` on TensorFlow (one tf.function), `KerasTrainStep` on PyTorch (eager) and JAX (jax.jit),
+on a batch as the pipeline gives it (targets padded to the batch's bucket, uint8). Round 0 (a warm-up) is
+the first step: tracing and compilation included. Reference: transformers'
 `Mask2FormerForUniversalSegmentation` with its `Mask2FormerLoss` (labels passed to the forward), frozen
 batch norm as ours, `clip_grad_norm_(0.01)` and `torch.optim.AdamW`. Random R50 weights on both sides
 (timing does not depend on their values). Interleaved ours / reference, medians after warm-up, 2 threads
@@ -37,19 +40,31 @@ def make_batch(args):
 
 
 def ours_train_step(images):
-    """train.py's `TrainStep` for R50 in float32, for batches of `images`' size."""
-    import tensorflow as tf
+    """train.py's step for R50 in float32 on this process's Keras backend, for batches of `images`' size:
+    a callable `batch -> results`."""
+    import keras
 
     from config import Mask2FormerConfig
     from losses import build_criterion
     from model import build_model
     from training.optimizer import build_optimizer
     from training.schedules import build_schedule
-    from training.train_step import TrainStep
 
     config = Mask2FormerConfig()
     config.train.mixed_precision = "float32"
     model = build_model(config)
+    if keras.backend.backend() != "tensorflow":
+        from training.keras_step import KerasTrainStep
+
+        optimizer = build_optimizer(config.train, model, learning_rate=config.train.learning_rate)
+        criterion = build_criterion(config, dynamic_pairs=keras.backend.backend() != "jax")
+        step_fn = KerasTrainStep(model, criterion, optimizer, build_schedule(config.train))
+        return lambda batch: step_fn(batch, 0)
+
+    import tensorflow as tf
+
+    from training.train_step import TrainStep
+
     step = tf.Variable(0, dtype=tf.int64)
     schedule = build_schedule(config.train)
     return TrainStep(
@@ -66,7 +81,11 @@ def ours_train_step(images):
 
 
 def ours_batch(images, targets) -> dict:
-    """The batch as the pipeline gives it to `TrainStep`: image and padded targets as tensors."""
+    """The batch as the pipeline gives it to the step: image and padded targets (tensors on TensorFlow)."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return {"image": images, **targets}
     import tensorflow as tf
 
     return {"image": tf.constant(images), **{k: tf.constant(v) for k, v in targets.items()}}
@@ -89,8 +108,10 @@ def build(args, which):
 
 
 def describe(args) -> str:
+    import keras
+
     return (
-        f"training step (forward, matching, loss, backward, AdamW): {len(args.instances.split(','))} x "
+        f"{keras.backend.backend()} training step (forward, matching, loss, backward, AdamW): {len(args.instances.split(','))} x "
         f"{args.size}x{args.size}, instances {args.instances}, R50, 80 classes, 100 queries"
     )
 

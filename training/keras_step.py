@@ -24,6 +24,10 @@ from losses import random
 from training.optimizer import global_norm
 
 
+def _shapes(batch: dict) -> tuple:
+    return tuple((key, tuple(np.shape(value)), str(np.asarray(value).dtype)) for key, value in sorted(batch.items()))
+
+
 def _index_of(variables, variable) -> int | None:
     return next((i for i, v in enumerate(variables) if v is variable), None)
 
@@ -60,6 +64,7 @@ class KerasTrainStep:
 
             self._state = self._read_state()
             self._jit_step = jax.jit(self._jax_step, donate_argnums=0)
+            self._compiled = {}  # batch shapes -> ahead-of-time compiled step
         elif self.backend != "torch":
             raise ValueError(f"KerasTrainStep runs on JAX and PyTorch; use TrainStep on {self.backend!r}")
 
@@ -84,12 +89,28 @@ class KerasTrainStep:
         seeds = self._seeds(step, len(batch["image"]))
         learning_rate = float(ops.convert_to_numpy(self.schedule(step)))
         if self.backend == "jax":
-            self._state, results = self._jit_step(self._state, batch, seeds, np.float32(learning_rate))
+            compiled = self._compiled.get(_shapes(batch), self._jit_step)
+            self._state, results = compiled(self._state, batch, seeds, np.float32(learning_rate))
         else:
             results = self._torch_step(batch, seeds, learning_rate)
         return {key: float(value) for key, value in results.items()}
 
     # ---------------------------------------------------------------------------------- JAX
+    def compile(self, batch: dict) -> dict[str, int]:
+        """JAX: compiles the step for `batch`'s shapes before its first call (which then runs at once);
+        returns XLA's memory analysis of it in bytes: `temp` (what a step allocates beyond its inputs and
+        outputs), `arguments`, `outputs`, `aliased` (outputs written into the donated state)."""
+        seeds = self._seeds(0, len(batch["image"]))
+        compiled = self._jit_step.lower(self._state, batch, seeds, np.float32(0.0)).compile()
+        self._compiled[_shapes(batch)] = compiled
+        analysis = compiled.memory_analysis()
+        return {
+            "temp": analysis.temp_size_in_bytes,
+            "arguments": analysis.argument_size_in_bytes,
+            "outputs": analysis.output_size_in_bytes,
+            "aliased": analysis.alias_size_in_bytes,
+        }
+
     def _read_state(self):
         return (
             [v.value for v in self.model.trainable_variables],
