@@ -21,7 +21,11 @@ class DeformableEncoderLayer(keras.layers.Layer):
         With training=True the feed-forward block is rematerialised (`keras.remat`): its (B, L, ffn_dim)
         activations are recomputed in the backward pass instead of kept, 0.2-0.4 GB off the peak of an R50
         step at 2 x 512x512 at no measurable cost in time (`python -m bench.memory_train_step`).
+        `recompute = True` (train.recompute_encoder) rematerialises the whole layer when training: only its
+        input is kept for the backward pass, for a slower step.
     """
+
+    recompute = False  # a training switch, not part of the architecture (not in get_config)
 
     def __init__(self, *, hidden_dim, num_heads, num_levels, num_points, ffn_dim, **kwargs):
         super().__init__(**kwargs)
@@ -53,7 +57,16 @@ class DeformableEncoderLayer(keras.layers.Layer):
         self.norm2.build(tokens)
 
     def call(self, x, pos, reference_points, spatial_shapes, training=None):
-        x = self.norm1(x + self.self_attn(x + pos, reference_points, x, spatial_shapes=spatial_shapes))
+        if training and self.recompute:
+            return keras.remat(lambda x, pos, ref: self._layer(x, pos, ref, spatial_shapes, False))(
+                x, pos, reference_points
+            )
+        return self._layer(x, pos, reference_points, spatial_shapes, training)
+
+    def _layer(self, x, pos, reference_points, spatial_shapes, training):
+        x = self.norm1(
+            x + self.self_attn(x + pos, reference_points, x, spatial_shapes=spatial_shapes, training=training)
+        )
         feed_forward = keras.remat(self._feed_forward) if training else self._feed_forward
         return feed_forward(x)
 
@@ -140,6 +153,11 @@ class MSDeformAttnPixelDecoder(keras.layers.Layer):
         self.mask_features = keras.layers.Conv2D(
             mask_dim, 1, kernel_initializer=c2_xavier_init(), name="mask_features", **kw
         )
+
+    def set_recompute(self, recompute: bool) -> None:
+        """Whether each encoder layer is recomputed in the backward pass when training (train.recompute_encoder)."""
+        for layer in self.encoder:
+            layer.recompute = recompute
 
     def build(self, features_shape):
         maps = (None, None, None, self.conv_dim)

@@ -231,10 +231,13 @@ def test_deformable_attention_training_recomputes_the_sampling_with_the_same_gra
     assert_recomputed_equals_kept(layer, query, reference, query, spatial_shapes=SHAPES)
 
 
-def test_encoder_layer_training_recomputes_the_feed_forward_with_the_same_gradients():
+@pytest.mark.parametrize("whole_layer", [False, True], ids=["feed-forward", "recompute_encoder"])
+def test_encoder_layer_training_recomputes_the_feed_forward_with_the_same_gradients(whole_layer):
     """training=True rematerialises the encoder layer's feed-forward block (keras.remat, its activations
-    recomputed in the backward pass): same output and gradients for the input and every weight, in float64."""
+    recomputed in the backward pass), and with `recompute` (train.recompute_encoder) the whole layer: same
+    output and gradients for the input and every weight, in float64."""
     layer = DeformableEncoderLayer(hidden_dim=8, num_heads=2, num_levels=2, num_points=3, ffn_dim=16, dtype="float64")
+    layer.recompute = whole_layer
     x = keras.ops.convert_to_tensor(rng.normal(size=(2, 30, 8)))
     pos = keras.ops.convert_to_tensor(rng.normal(size=(1, 30, 8)))
     reference = keras.ops.convert_to_tensor(rng.uniform(-0.1, 1.1, size=(1, 30, 2)))

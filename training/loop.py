@@ -232,6 +232,7 @@ def _tensorflow_run(config, criterion) -> _Run:
     per_replica = replica_batch_size(config, strategy)
     with strategy.scope():
         model = build_model(config, dtype=keras.DTypePolicy(t.mixed_precision))
+        model.pixel_decoder.set_recompute(t.recompute_encoder)
         step = tf.Variable(
             0, dtype=tf.int64, trainable=False, name="step", aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA
         )
@@ -283,6 +284,7 @@ def _keras_run(config, criterion) -> _Run:
     t = config.train
     backend = keras.backend.backend()
     model = build_model(config, dtype=keras.DTypePolicy(t.mixed_precision))
+    model.pixel_decoder.set_recompute(t.recompute_encoder)
     schedule = build_schedule(t)
     optimizer = build_optimizer(t, model, learning_rate=t.learning_rate)
     checkpoints = KerasCheckpoints(t.output_dir, model=model, optimizer=optimizer, keep=t.keep_checkpoints)
