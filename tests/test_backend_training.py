@@ -142,7 +142,7 @@ def tensorflow_step(tmp_path_factory):
     return folder, weights_path, weights, losses
 
 
-@pytest.mark.parametrize("backend", ["torch", "jax"])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("jax", marks=pytest.mark.slow)])
 def test_criterion_and_step_equal_tensorflow_and_transformers(backend, tensorflow_step, tmp_path, monkeypatch):
     folder, weights_path, tf_weights, tf_losses = tensorflow_step
     outputs, targets = make_problem([3, 5])
