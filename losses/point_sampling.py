@@ -31,7 +31,7 @@ def dim(x, axis: int):
 
 
 def _corners(coords, size: tuple[int, int], canvas: tuple[int, int]):
-    """Flat pixel indices (int32) and bilinear weights of the nw, ne, sw, se corners, each (..., P).
+    """Flat pixel indices (`_index_dtype`) and bilinear weights of the nw, ne, sw, se corners, each (..., P).
 
     Corners outside the map (off the canvas, or on the canvas beyond the map) get weight 0 and a
     clamped index; products and sums follow torch's kernel.
@@ -52,8 +52,8 @@ def _corners(coords, size: tuple[int, int], canvas: tuple[int, int]):
         ops.where(in_x0 & in_y1, (x1 - ix) * (iy - y0), zero),
         ops.where(in_x1 & in_y1, (ix - x0) * (iy - y0), zero),
     )
-    cx0, cx1 = (ops.cast(ops.clip(x, 0.0, width - 1.0), "int32") for x in (x0, x1))
-    row0, row1 = (ops.cast(ops.clip(y, 0.0, height - 1.0), "int32") * width for y in (y0, y1))
+    cx0, cx1 = (ops.cast(ops.clip(x, 0.0, width - 1.0), _index_dtype()) for x in (x0, x1))
+    row0, row1 = (ops.cast(ops.clip(y, 0.0, height - 1.0), _index_dtype()) * width for y in (y0, y1))
     return (row0 + cx0, row0 + cx1, row1 + cx0, row1 + cx1), weights
 
 
@@ -63,30 +63,40 @@ def _weighted_sum(values, weights):
     return ((terms[0] + terms[1]) + terms[2]) + terms[3]
 
 
-def _flat(maps):
-    """(B, N, H, W) float or 8-bit maps -> (B, N, H*W) in a dtype every backend gathers (8-bit maps become
-    float16, which holds 0 and 1 exactly at half the memory of float32)."""
+def _index_dtype() -> str:
+    """int64 on PyTorch (its gathers take int64: an int32 index array would be copied at every gather), else
+    int32."""
+    return "int64" if keras.backend.backend() == "torch" else "int32"
+
+
+def _gatherable(maps):
+    """Float maps as float32; 8-bit masks as float16 (0 and 1 exactly, half the memory of float32; every
+    backend gathers it)."""
     dtype = "float16" if keras.backend.standardize_dtype(maps.dtype) in ("uint8", "bool") else "float32"
-    maps = ops.cast(maps, dtype)
-    return ops.reshape(maps, [maps.shape[0], dim(maps, 1), maps.shape[2] * maps.shape[3]])
+    return ops.cast(maps, dtype)
 
 
 def sample_shared_points(maps, coords, canvas: tuple[int, int] | None = None):
     """Samples every map of an image at the same points.
 
+    The maps are laid out pixel by pixel, (B*H*W, N), so that a corner is one gather of whole rows.
+
     Args:
-        maps: (B, N, H, W) float, or uint8 / bool masks.
+        maps: (B, N, H, W) float, or uint8 / bool masks (no gradient).
         coords: (B, P, 2) float32 (x, y) in [0, 1].
         canvas: optional (Hc, Wc) >= (H, W): the maps sit at the top-left of a zero canvas of that size
             and the coordinates refer to the canvas (equal to zero-padding the maps bottom/right first).
     Returns:
         (B, N, P) float32.
     """
-    size = tuple(maps.shape[2:])
-    flat = _flat(maps)
-    indices, weights = _corners(coords, size, canvas or size)  # (B, P) each
-    values = [ops.cast(ops.take_along_axis(flat, index[:, None, :], axis=2), "float32") for index in indices]
-    return _weighted_sum(values, [w[:, None, :] for w in weights])
+    batch, num_maps, height, width = maps.shape[0], dim(maps, 1), maps.shape[2], maps.shape[3]
+    pixels = height * width
+    rows = ops.transpose(ops.reshape(_gatherable(maps), [batch, num_maps, pixels]), [0, 2, 1])
+    rows = ops.reshape(rows, [batch * pixels, num_maps])  # (B*H*W, N)
+    indices, weights = _corners(coords, (height, width), canvas or (height, width))  # (B, P) each
+    first = ops.arange(batch, dtype=_index_dtype())[:, None] * pixels
+    values = [ops.cast(ops.take(rows, first + index, axis=0), "float32") for index in indices]  # (B, P, N)
+    return ops.transpose(_weighted_sum(values, [w[:, :, None] for w in weights]), [0, 2, 1])
 
 
 def sample_points_per_row(maps, rows, coords, canvas: tuple[int, int] | None = None):
@@ -100,20 +110,17 @@ def sample_points_per_row(maps, rows, coords, canvas: tuple[int, int] | None = N
     Returns:
         (B, R, P) float32; differentiable with respect to float `maps`.
     """
-    size = tuple(maps.shape[2:])
-    pixels = size[0] * size[1]
-    flat = _flat(maps)
-    flat = ops.reshape(flat, [flat.shape[0], -1])  # (B, N*H*W)
-    indices, weights = _corners(coords, size, canvas or size)  # (B, R, P) each
-    first = ops.cast(rows, "int32")[:, :, None] * pixels
-    shape = ops.shape(first + indices[0])
-    values = [
-        ops.reshape(
-            ops.cast(ops.take_along_axis(flat, ops.reshape(first + index, [flat.shape[0], -1]), axis=1), "float32"),
-            shape,
+    batch, num_maps, height, width = maps.shape[0], dim(maps, 1), maps.shape[2], maps.shape[3]
+    pixels = height * width
+    if isinstance(num_maps, int) and batch * num_maps * pixels >= 2**31 and _index_dtype() == "int32":
+        raise ValueError(
+            f"{batch * num_maps} masks of {height}x{width} pixels exceed int32 indexing; lower data.max_instances"
         )
-        for index in indices
-    ]
+    flat = ops.reshape(_gatherable(maps), [-1])  # (B*N*H*W,)
+    indices, weights = _corners(coords, (height, width), canvas or (height, width))  # (B, R, P) each
+    image = ops.arange(batch, dtype=_index_dtype())[:, None]
+    first = ((image * num_maps + ops.cast(rows, _index_dtype())) * pixels)[:, :, None]  # (B, R, 1)
+    values = [ops.cast(ops.take(flat, first + index), "float32") for index in indices]
     return _weighted_sum(values, weights)
 
 
