@@ -168,8 +168,9 @@ def test_criterion_and_step_equal_tensorflow_and_transformers(backend, tensorflo
 
     # One optimizer step equals TensorFlow's: losses, and the updated weights.
     step_losses = saved["step_losses"].item()
-    for key, value in tf_losses.items():
-        np.testing.assert_allclose(step_losses[key], value, rtol=1e-5, atol=1e-7, err_msg=key)
+    for key, value in tf_losses.items():  # the gradient norm sums every gradient: XLA's CPU kernels move it 2.5e-5
+        tolerance = 1e-4 if key == "grad_norm" else 1e-5
+        np.testing.assert_allclose(step_losses[key], value, rtol=tolerance, atol=1e-7, err_msg=key)
     weights = list(saved["weights"])
     difference = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(weights, tf_weights, strict=True)))
     relative = difference / np.sqrt(sum(np.sum(b**2) for b in tf_weights))
