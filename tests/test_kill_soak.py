@@ -1,5 +1,6 @@
 """Kill soak: a 300-step run SIGKILLed at 5 random moments (one inside a checkpoint write) and restarted
-each time ends with the weights of an uninterrupted run, and leaves no unreadable checkpoint."""
+each time ends with the weights of an uninterrupted run (to the float noise two uninterrupted runs show
+on a CPU), and leaves no unreadable checkpoint."""
 
 import os
 import signal
@@ -123,11 +124,16 @@ def test_five_sigkills_at_random_moments_end_with_the_uninterrupted_weights(tmp_
     for moment, before, after in kills:
         print(f"  killed at {moment}: metrics.jsonl {before} -> {after} steps")
     assert hit, "the kill inside a checkpoint write saw none of its files"
-    assert sorted(_losses(run_dir)) == list(range(1, STEPS + 1))
+    losses, reference = _losses(run_dir), _losses(tmp_path / "straight")
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    # Two uninterrupted runs on this CPU already differ in the float noise (loss relative 2e-7, from the
+    # first steps, with or without TF_DETERMINISTIC_OPS); a wrong data position or a lost optimizer state
+    # shows as 1e-4 and more.
+    np.testing.assert_allclose([losses[s] for s in losses], [reference[s] for s in losses], rtol=1e-6)
     expected, got = _final_weights(tmp_path / "straight"), _final_weights(run_dir)
     assert sorted(got) == sorted(expected) and len(got) > 100
     difference = max(float(np.max(np.abs(got[k] - expected[k]), initial=0.0)) for k in expected)
     print(f"  largest weight difference from the uninterrupted run: {difference:.1e}")
     for name, value in expected.items():
-        np.testing.assert_array_equal(got[name], value, err_msg=name)
+        np.testing.assert_allclose(got[name], value, rtol=0, atol=1e-4, err_msg=name)
     print("  readable checkpoints:", _read_every_checkpoint(run_dir), _read_every_checkpoint(tmp_path / "straight"))
