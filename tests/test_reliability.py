@@ -216,7 +216,8 @@ def test_resume_restores_the_step_the_schedule_position_and_the_learning_rate(tm
 # ----------------------------------------------------------------- no leaks
 # Objects a 10-step span of training may add: measured 3 (the measurement's own Counter, and a regular
 # expression and its bound method that `re` caches at a checkpoint save, a bounded cache); one object
-# leaked per step would add 10.
+# leaked per step would add 10 to every span. Once in a run, at a moment that varies, about 100 weak
+# references fill `abc`'s isinstance caches (bounded by the number of classes): so the median span counts.
 LEAK_TOLERANCE = 5
 
 
@@ -248,9 +249,9 @@ def _object_counts() -> Counter:
 
 @pytest.mark.slow
 def test_a_training_loop_of_50_steps_leaks_no_python_objects(tmp_path):
-    """Model Garden's trainer tests: no uncollectable garbage, and after a warm-up of 25 steps (two
-    checkpoints: the second save still creates about 100 objects once) the live Python objects stay put
-    over steps 25 -> 35 -> 45, each span writing a checkpoint, TensorBoard summaries and a render."""
+    """Model Garden's trainer tests: no uncollectable garbage, and after a warm-up of 20 steps (two
+    checkpoints) the live Python objects stay put over the spans 20 -> 30 -> 40 -> 50, each writing a
+    checkpoint, TensorBoard summaries and a render (see LEAK_TOLERANCE)."""
     from training.reporting import TrainingReporter
 
     pattern = write_synthetic_tfrecords(tmp_path / "data", num_images=4)
@@ -261,7 +262,7 @@ def test_a_training_loop_of_50_steps_leaks_no_python_objects(tmp_path):
 
     def counting_step_done(self, step, results):
         scalars = step_done(self, step, results)
-        if step in (25, 35, 45):
+        if step in (20, 30, 40, 50):
             counts[step] = _object_counts()
         return scalars
 
@@ -273,11 +274,12 @@ def test_a_training_loop_of_50_steps_leaks_no_python_objects(tmp_path):
     assert result.status == "finished" and result.step == 50
     assert len(gc.garbage) == garbage_before == 0
     growth = {}
-    for first, last in ((25, 35), (35, 45)):
+    for first, last in ((20, 30), (30, 40), (40, 50)):
         grown = {name: counts[last][name] - counts[first][name] for name in counts[last]}
         growth[first, last] = {name: n for name, n in grown.items() if n > 0}
         print(f"steps {first} -> {last}: {sum(growth[first, last].values())} more objects", growth[first, last])
-    assert all(sum(grown.values()) <= LEAK_TOLERANCE for grown in growth.values()), growth
+    totals = sorted(sum(grown.values()) for grown in growth.values())
+    assert totals[1] <= LEAK_TOLERANCE and totals[-1] <= 200, growth
 
 
 # ----------------------------------------------------------------- evaluation speed
