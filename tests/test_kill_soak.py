@@ -113,6 +113,8 @@ def test_five_sigkills_at_random_moments_end_with_the_uninterrupted_weights(tmp_
             process.communicate(timeout=60)
         assert process.returncode == -signal.SIGKILL, moment  # killed before the run finished
         kills.append((moment, before, _steps_logged(run_dir)))
+        if (run_dir / CHECKPOINT_SUBDIR / "checkpoint").exists():
+            _read_every_checkpoint(run_dir)  # what the next run resumes from is whole
     runs += 1
     final = _train_py(paths["killed"])
     output = final.communicate(timeout=1800)[0]
@@ -137,3 +139,4 @@ def test_five_sigkills_at_random_moments_end_with_the_uninterrupted_weights(tmp_
     for name, value in expected.items():
         np.testing.assert_allclose(got[name], value, rtol=0, atol=1e-4, err_msg=name)
     print("  readable checkpoints:", _read_every_checkpoint(run_dir), _read_every_checkpoint(tmp_path / "straight"))
+    assert not list((run_dir / CHECKPOINT_SUBDIR).glob("*_temp*"))  # the killed write's files were replaced
