@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 
 from bench.harness import resident_gb
-from config import ConfigError, check_resume_config
+from config import ConfigError
 from data.pipeline import build_dataset
 from losses import build_criterion
 from model import build_model
@@ -31,6 +31,7 @@ from tests.test_training_step import _batch, _config, _PoisonedCriterion, _step_
 from training.checkpointing import TrainingCheckpoints
 from training.loop import train
 from training.optimizer import build_optimizer
+from training.resume import check_resume_config
 from training.schedules import build_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,7 +184,8 @@ def test_resume_restores_the_step_the_schedule_position_and_the_learning_rate(tm
     """detectron2's test_checkpoint_resume: a rebuilt optimizer starts with a wrong learning rate (its step
     counter at 0: warm-up's first value); after resuming, the step, the optimizer's update count (its
     schedule position) and the learning rate are the saved ones, and the next update equals the one the
-    uninterrupted run makes. A changed train.learning_rate is refused on resume."""
+    uninterrupted run makes. A changed train.learning_rate is refused on resume; a killed write's partial
+    files are removed."""
     config = training_config("unused", str(tmp_path), max_steps=20, warmup_steps=10, lr_schedule="poly")
     model, step, schedule, optimizer = _training_state(config)
     for i in range(7):
@@ -197,7 +199,11 @@ def test_resume_restores_the_step_the_schedule_position_and_the_learning_rate(tm
     checkpoints = TrainingCheckpoints(
         str(tmp_path), model=resumed_model, optimizer=resumed_optimizer, step=resumed_step, keep=2
     )
+    killed_write = tmp_path / "checkpoints" / "ckpt-8_temp"  # what a write killed by SIGKILL leaves
+    killed_write.mkdir()
+    (killed_write / "part-00000-of-00001.data-00000-of-00001.tempstate123").write_bytes(b"partial")
     assert checkpoints.restore_latest().endswith("ckpt-7")
+    assert not killed_write.exists()
     assert int(resumed_step.numpy()) == 7 and int(resumed_optimizer.iterations.numpy()) == 7
     assert float(resumed_optimizer.learning_rate) == saved_lr == float(schedule(7))
     _update(model, optimizer, step, seed=7)
@@ -289,10 +295,11 @@ def test_evaluation_per_image_is_at_most_1_25x_inference_per_image(tmp_path):
     same 480x640 synthetic images with the same tiny model, compiled once for both (the scripts' fixed
     start-up left out); the official evaluation is 6x slower than its inference per image. The class
     head is scaled so that, as with a trained model, a few results per image pass the score threshold."""
+    from evaluation.model_evaluation import coco_json_eval_set, evaluate_model
+
     import test as test_py
     from data.categories import Categories
     from data.synthetic import SyntheticSpec, write_dataset
-    from evaluation.model_evaluation import coco_json_eval_set, evaluate_model
     from inference.predictor import Predictor, compiled
 
     count, height, width = 10, 480, 640
