@@ -1,6 +1,6 @@
 """Kill soak: a 300-step run SIGKILLed at 5 random moments (one inside a checkpoint write) and restarted
 each time ends with the weights of an uninterrupted run (to the float noise two uninterrupted runs show
-on a CPU), and leaves no unreadable checkpoint."""
+on a CPU, see the test), and leaves no unreadable checkpoint."""
 
 import os
 import signal
@@ -94,7 +94,7 @@ def test_five_sigkills_at_random_moments_end_with_the_uninterrupted_weights(tmp_
 
     run_dir, rng = tmp_path / "killed", np.random.default_rng(0)
     moments = ["steps", "start-up", "checkpoint write", "steps", "steps"]
-    kills, runs, hit = [], 0, None
+    kills, runs, hit, resumed_steps = [], 0, None, []
     for moment in moments:
         runs += 1
         before = _steps_logged(run_dir)
@@ -115,6 +115,7 @@ def test_five_sigkills_at_random_moments_end_with_the_uninterrupted_weights(tmp_
         kills.append((moment, before, _steps_logged(run_dir)))
         if (run_dir / CHECKPOINT_SUBDIR / "checkpoint").exists():
             _read_every_checkpoint(run_dir)  # what the next run resumes from is whole
+            resumed_steps.append(int(tf.train.latest_checkpoint(str(run_dir / CHECKPOINT_SUBDIR)).split("-")[-1]) + 1)
     runs += 1
     final = _train_py(paths["killed"])
     output = final.communicate(timeout=1800)[0]
@@ -128,15 +129,20 @@ def test_five_sigkills_at_random_moments_end_with_the_uninterrupted_weights(tmp_
     assert hit, "the kill inside a checkpoint write saw none of its files"
     losses, reference = _losses(run_dir), _losses(tmp_path / "straight")
     assert sorted(losses) == list(range(1, STEPS + 1))
-    # Two uninterrupted runs on this CPU already differ in the float noise (loss relative 2e-7, from the
-    # first steps, with or without TF_DETERMINISTIC_OPS); a wrong data position or a lost optimizer state
-    # shows as 1e-4 and more.
-    np.testing.assert_allclose([losses[s] for s in losses], [reference[s] for s in losses], rtol=1e-6)
+    # Two uninterrupted runs on this CPU differ in the float noise from the first steps on (loss relative
+    # 1e-7, with or without TF_DETERMINISTIC_OPS or one thread), and training amplifies it (about 1e-6 by
+    # step 100, 1e-2 by step 250; final weights 4e-4 apart). So: the first step of each resumed run
+    # equals the uninterrupted one within 1e-4 (a wrong data position or optimizer state is far off), and
+    # the whole run stays within 10x the noise measured at its end.
+    relative = {s: abs(losses[s] - reference[s]) / abs(reference[s]) for s in losses}
+    print("  first resumed steps:", {s: f"{relative[s]:.0e}" for s in resumed_steps})
+    assert resumed_steps and all(relative[s] <= 1e-4 for s in resumed_steps), relative
+    assert np.mean(list(relative.values())) <= 5e-3
     expected, got = _final_weights(tmp_path / "straight"), _final_weights(run_dir)
     assert sorted(got) == sorted(expected) and len(got) > 100
-    difference = max(float(np.max(np.abs(got[k] - expected[k]), initial=0.0)) for k in expected)
-    print(f"  largest weight difference from the uninterrupted run: {difference:.1e}")
-    for name, value in expected.items():
-        np.testing.assert_allclose(got[name], value, rtol=0, atol=1e-4, err_msg=name)
+    difference = np.sqrt(sum(np.sum((got[k] - expected[k]) ** 2) for k in expected))
+    difference /= np.sqrt(sum(np.sum(expected[k] ** 2) for k in expected))
+    print(f"  final weights' relative distance from the uninterrupted run: {difference:.1e}")
+    assert difference <= 5e-3
     print("  readable checkpoints:", _read_every_checkpoint(run_dir), _read_every_checkpoint(tmp_path / "straight"))
-    assert not list((run_dir / CHECKPOINT_SUBDIR).glob("*_temp*"))  # the killed write's files were replaced
+    assert not list((run_dir / CHECKPOINT_SUBDIR).glob("*_temp*"))  # the killed write's files were removed on resume
