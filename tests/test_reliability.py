@@ -295,11 +295,10 @@ def test_evaluation_per_image_is_at_most_1_25x_inference_per_image(tmp_path):
     same 480x640 synthetic images with the same tiny model, compiled once for both (the scripts' fixed
     start-up left out); the official evaluation is 6x slower than its inference per image. The class
     head is scaled so that, as with a trained model, a few results per image pass the score threshold."""
-    from evaluation.model_evaluation import coco_json_eval_set, evaluate_model
-
     import test as test_py
     from data.categories import Categories
     from data.synthetic import SyntheticSpec, write_dataset
+    from inference.model_evaluation import coco_json_eval_set, evaluate_model
     from inference.predictor import Predictor, compiled
 
     count, height, width = 10, 480, 640
