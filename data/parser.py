@@ -11,10 +11,11 @@ Crowd regions are left out of the targets. Output: the static training contract
 
     image float32 (H, W, 3) 0..255, masks uint8 (M, H, W), labels int32 (M,), valid bool (M,)
 
-with M = `max_instances`. Instance targets whose mask is empty after the crop are dropped (as the
-official instance mapper does); panoptic targets keep them (as the official panoptic mapper does);
-semantic targets are the classes present after the crop. An image with more than M targets keeps
-the M largest and prints one line naming it.
+with M = `max_instances`, and `num_targets` int32 () the image's targets before that limit. Instance
+targets whose mask is empty after the crop are dropped (as the official instance mapper does);
+panoptic targets keep them (as the official panoptic mapper does); semantic targets are the classes
+present after the crop. An image with more than M targets keeps the M largest (the training loop
+says so once per run, from `num_targets`).
 
 Evaluation (`EvalParser`): resize the shortest edge to `min_size` (longest at most `max_size`) with
 exactly the pixels of detectron2's test-time resize (PIL bilinear on uint8, `data.resize`; the
@@ -104,20 +105,13 @@ def _ssd_color_jitter(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 
 
 # ------------------------------------------------------------ target slots
-def pad_instances(masks: tf.Tensor, labels: tf.Tensor, max_instances: int, source_id: tf.Tensor, pad: bool = True):
+def pad_instances(masks: tf.Tensor, labels: tf.Tensor, max_instances: int, pad: bool = True):
     """(N, H, W) masks and (N,) labels -> (M, H, W), (M,), valid (M,). Over M: keeps the M largest.
 
     pad=False keeps the min(N, M) real targets: (n, H, W), (n,), valid (n,) all true."""
     count = tf.shape(labels)[0]
 
     def keep_largest():
-        tf.print(
-            "data: image",
-            source_id,
-            "has",
-            count,
-            f"targets, more than data.max_instances={max_instances}; keeping the largest (raise data.max_instances)",
-        )
         areas = tf.reduce_sum(tf.cast(masks, tf.int32), axis=[1, 2])
         keep = tf.sort(tf.math.top_k(areas, k=max_instances).indices)
         return tf.gather(masks, keep), tf.gather(labels, keep)
@@ -229,15 +223,15 @@ class TrainParser:
             labels = tf.gather(classes, ids - 1)
 
         target_masks = _pad_to(target_masks, self.image_size, 0, axis=1)
-        masks, labels, valid = pad_instances(
-            target_masks, labels, self.max_instances, example["source_id"], pad=self.fixed_slots
-        )
+        num_targets = tf.shape(labels)[0]
+        masks, labels, valid = pad_instances(target_masks, labels, self.max_instances, pad=self.fixed_slots)
         slots = self.max_instances if self.fixed_slots else None
         out = {
             "image": tf.ensure_shape(image, [*self.image_size, 3]),
             "masks": tf.ensure_shape(masks, [slots, *self.image_size]),
             "labels": tf.ensure_shape(tf.cast(labels, tf.int32), [slots]),
             "valid": tf.ensure_shape(valid, [slots]),
+            "num_targets": num_targets,
         }
         if self.with_extras:
             out["ignore_mask"] = _pad_to(tf.cast(crowd(), tf.uint8), self.image_size, 1, axis=0)

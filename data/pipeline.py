@@ -9,9 +9,10 @@ Per-replica batching under tf.distribute (each replica reads its own files):
     strategy.distribute_datasets_from_function(
         lambda ctx: build_dataset(config, "train", batch_size=ctx.get_per_replica_batch_size(16), input_context=ctx))
 
-Training elements follow the contract of data/parser.py (`image`, `masks`, `labels`, `valid`), with
-M = data.max_instances target slots, or with `bucket_instances` (what training uses on one machine)
-M = the batch's bucket: the smallest of 1, 2, 4, ..., data.max_instances that holds its targets;
+Training elements follow the contract of data/parser.py (`image`, `masks`, `labels`, `valid`,
+`num_targets`), with M = data.max_instances target slots, or with `bucket_instances` (what training
+uses on one machine) M = the batch's bucket: the smallest of 1, 2, 4, ..., data.max_instances that
+holds its targets;
 evaluation elements are `image`, `valid_size`, `original_size`, `source_id`. The target source follows
 `config.inference.task`: instance -> the records' objects, panoptic -> their panoptic segments,
 semantic -> their label PNG. With `config.data.seed` set the output is the same on every run.

@@ -193,7 +193,7 @@ def test_more_instances_than_slots_keeps_the_largest():
     record = tf.constant(make_example(np.zeros((height, width, 3), np.uint8), masks, [3] * 6, [False] * 6))
     parser = TrainParser(image_size=(16, 40), max_instances=4, scale_range=(1.0, 1.0), horizontal_flip=False)
     out = parser(Decoder(CATEGORIES)(record), tf.constant([0, 0], tf.int64))
-    assert out["valid"].numpy().all()
+    assert out["valid"].numpy().all() and int(out["num_targets"]) == 6  # the count before the limit
     np.testing.assert_array_equal(out["masks"].numpy(), masks[2:])  # the four largest, in their order
 
 

@@ -70,6 +70,12 @@ def variable_bytes(variables) -> int:
     return int(sum(np.prod(v.shape, dtype=np.int64) * np.dtype(standardize_dtype(v.dtype)).itemsize for v in variables))
 
 
+def _remove(paths: list[str]) -> None:
+    """Deletes files and folders (partial checkpoint writes)."""
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+
+
 def latest_checkpoint(output_dir: str) -> str | None:
     """The newest checkpoint written in `output_dir` (TensorFlow's or `KerasCheckpoints`'), or None."""
     directory = os.path.join(output_dir, CHECKPOINT_SUBDIR)
@@ -97,7 +103,12 @@ class TrainingCheckpoints:
         )
 
     def restore_latest(self) -> str | None:
-        """Restores the newest checkpoint of `output_dir` (every worker reads the chief's); its path or None."""
+        """Restores the newest checkpoint of `output_dir` (every worker reads the chief's); its path or None.
+
+        The chief first removes what a killed write left behind (`ckpt-N_temp`, never read, not counted by
+        `keep`); a complete checkpoint newer than the index is rewritten by the step that made it."""
+        if self.chief:
+            _remove(glob.glob(os.path.join(self.directory, "ckpt-*_temp*")))
         path = tf.train.latest_checkpoint(self.directory)
         if path is not None:
             self.checkpoint.restore(path).assert_existing_objects_matched()
@@ -111,10 +122,10 @@ class TrainingCheckpoints:
             path = self.manager.save(checkpoint_number=self.step)
         except (OSError, tf.errors.OpError) as e:
             step = int(self.step.numpy())
-            for partial in glob.glob(os.path.join(self.write_directory, f"ckpt-{step}_temp*")) + glob.glob(
-                os.path.join(self.write_directory, f"ckpt-{step}.*")
-            ):
-                shutil.rmtree(partial, ignore_errors=True) if os.path.isdir(partial) else os.remove(partial)
+            _remove(
+                glob.glob(os.path.join(self.write_directory, f"ckpt-{step}_temp*"))
+                + glob.glob(os.path.join(self.write_directory, f"ckpt-{step}.*"))
+            )
             message = getattr(e, "message", None) or str(e)
             raise OSError(
                 f"cannot write checkpoint {step} in {self.write_directory} ({message.strip().splitlines()[0]}); "

@@ -169,9 +169,12 @@ def _train(config, resume, allow_config_change, criterion, stop: StopRequests) -
     current = saved_step = start_step
     while current < t.max_steps and stop.signal_name is None:
         batch, first_batch = (first_batch, None) if first_batch is not None else (_next_batch(iterator, config), None)
+        num_targets = batch.pop("num_targets")
         results = run.step(batch, current)
         current += 1
         scalars = reporter.step_done(current, results)
+        # the local replicas' counts (components of a distributed value; one array otherwise)
+        reporter.targets_over_limit(tf.nest.flatten(num_targets, expand_composites=True), config.data.max_instances)
         history.append({"step": current, **scalars})
         if scalars["applied"] == 0.0:
             nonfinite_in_a_row += 1

@@ -172,6 +172,7 @@ class TrainingReporter:
         self.class_names = class_names
         self.postprocessor = postprocessor
         self._last_time = None
+        self._said_over_limit = False
         if not chief:
             return
         os.makedirs(output_dir, exist_ok=True)
@@ -216,6 +217,21 @@ class TrainingReporter:
         with self.writer.as_default():
             write_images("predictions", drawn, step)
         self.writer.flush()
+
+    def targets_over_limit(self, num_targets, max_instances: int) -> None:
+        """Says once per run that an image had more targets than `max_instances` (its largest were kept).
+
+        num_targets: int arrays or tensors (B,), one per local replica: the targets before the limit; read
+        only until the first is found."""
+        if self._said_over_limit:
+            return
+        most = max(int(np.max(counts, initial=0)) for counts in num_targets)
+        if most > max_instances:
+            self._said_over_limit = True
+            self.message(
+                f"data: an image has {most} targets, more than data.max_instances={max_instances}; the largest "
+                f"{max_instances} are kept (raise data.max_instances to train on all; said once per run)"
+            )
 
     def message(self, text: str) -> None:
         """A line for the person watching (chief only), not mixed into the progress bar."""
