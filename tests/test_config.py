@@ -30,11 +30,11 @@ def test_validate_names_the_field():
         c.validate()
     c = Mask2FormerConfig()
     c.train.jit_compile = True
-    with pytest.raises(ConfigError, match="loss.matcher='tf'"):
+    with pytest.raises(ConfigError, match="loss.matcher='device'"):
         c.validate()
     c = Mask2FormerConfig()
     c.train.distribution = "tpu"
-    with pytest.raises(ConfigError, match="loss.matcher='tf'"):
+    with pytest.raises(ConfigError, match="loss.matcher='device'"):
         c.validate()
 
 

@@ -38,54 +38,103 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------- empty and half-empty batches
-def _tensorflow_steps(config, model, batches):
-    """One `TrainStep` (traced once) on each batch in turn -> [(loss dict of floats, weights before it)]."""
-    step_fn = _step_fn(config, model, 1, batch_size=int(batches[0]["image"].shape[0]))
-    runs = []
+EMPTY_CASES = {"all empty": [0, 1], "half empty": [1]}  # case -> the images whose targets the crop removed
+
+KERAS_EMPTY_RUN = """
+import json, sys, numpy as np, keras
+from losses import build_criterion
+from model import build_model
+from tests.test_reliability import EMPTY_CASES, empty_batches, per_image_terms
+from tests.test_training_step import _config
+from training.keras_step import KerasTrainStep
+from training.optimizer import build_optimizer
+from training.schedules import build_schedule
+
+config = _config()
+model = build_model(config)
+model(np.zeros((1, 64, 64, 3), np.float32))
+criterion = build_criterion(config, dynamic_pairs=keras.backend.backend() != "jax")
+optimizer = build_optimizer(config.train, model, learning_rate=config.train.learning_rate)
+step_fn = KerasTrainStep(model, criterion, optimizer, build_schedule(config.train))
+head = model.transformer_decoder.class_embed.kernel
+results = []
+for batch in empty_batches():
+    before = keras.ops.convert_to_numpy(head)
+    losses = step_fn(batch, len(results))
+    step_fn.sync()
+    changed = not np.array_equal(keras.ops.convert_to_numpy(head), before)
+    results.append({"losses": losses, "head_changed": changed, "images": per_image_terms(model, criterion, batch)})
+print("RESULT " + json.dumps(results))
+"""
+
+
+def empty_batches() -> list[dict]:
+    """Two batches of 2 images as numpy arrays: every image without targets, and the second one without."""
+    batches = []
+    for i, empty in enumerate(EMPTY_CASES.values()):
+        batch = {k: np.array(v) for k, v in _batch(batch_size=2, seed=i).items()}
+        batch["valid"][empty] = False
+        batches.append(batch)
+    return batches
+
+
+def per_image_terms(model, criterion, batch) -> list[dict]:
+    """The criterion's terms for each image of `batch` alone (the model in training mode)."""
+    import keras
+
+    outputs = model(batch["image"], training=True)
+    terms = []
+    for i in range(len(batch["image"])):
+        alone = {k: batch[k][i : i + 1] for k in ("masks", "labels", "valid")}
+        one = {
+            "pred_logits": outputs["pred_logits"][i : i + 1],
+            "pred_masks": outputs["pred_masks"][i : i + 1],
+            "aux_outputs": [{k: v[i : i + 1] for k, v in aux.items()} for aux in outputs["aux_outputs"]],
+        }
+        terms.append({k: float(keras.ops.convert_to_numpy(v)) for k, v in criterion(one, alone).items()})
+    return terms
+
+
+def _tensorflow_runs(config) -> list[dict]:
+    model = build_model(config)
+    batches = [{k: tf.constant(v) for k, v in batch.items()} for batch in empty_batches()]
+    step_fn = _step_fn(config, model, 1, batch_size=2)
+    head = model.transformer_decoder.class_embed.kernel
+    results = []
     for batch in batches:
-        before = [v.numpy() for v in model.trainable_variables]
-        runs.append(({k: float(v) for k, v in step_fn(batch).items()}, before))
-    return runs
+        before = head.numpy()
+        losses = {k: float(v) for k, v in step_fn(batch).items()}
+        images = per_image_terms(model, build_criterion(config), {k: v.numpy() for k, v in batch.items()})
+        results.append({"losses": losses, "head_changed": not np.array_equal(head.numpy(), before), "images": images})
+    return results
 
 
-STEPS_ON = {"tensorflow": _tensorflow_steps}  # backend -> training steps (a JAX step joins with the port)
+def _subprocess_runs(backend) -> list[dict]:
+    env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu", "OMP_WAIT_POLICY": "PASSIVE"}
+    run = subprocess.run(
+        [sys.executable, "-c", KERAS_EMPTY_RUN], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.split("RESULT ", 1)[1].splitlines()[0])
 
 
-def _without_targets(batch, images):
-    """`batch` with every target of the given images removed (as a crop that left none of their objects)."""
-    valid = batch["valid"].numpy().copy()
-    valid[images] = False
-    return {**batch, "valid": tf.constant(valid)}
-
-
-@pytest.mark.parametrize("backend", sorted(STEPS_ON))
+@pytest.mark.parametrize("backend", ["tensorflow", "torch", pytest.param("jax", marks=pytest.mark.slow)])
 def test_batches_with_images_left_without_targets_train(backend):
     """detectron2's test_empty_data / test_half_empty_data: a step where every image lost its targets to
     the crop, and one where one of two did: finite loss, update applied, mask and dice terms exactly 0
-    for an image without targets (checked image by image), class terms positive."""
+    for an image without targets (checked image by image), class terms positive; on every backend."""
     config = _config()
-    model = build_model(config)
-    cases = {"all empty": [0, 1], "half empty": [1]}
-    batches = [_without_targets(_batch(batch_size=2, seed=i), empty) for i, empty in enumerate(cases.values())]
-    criterion = build_criterion(config)
-    head = next(i for i, v in enumerate(model.trainable_variables) if v is model.transformer_decoder.class_embed.kernel)
-    for (case, empty), batch, (losses, before) in zip(
-        cases.items(), batches, STEPS_ON[backend](config, model, batches), strict=True
-    ):
+    runs = _tensorflow_runs(config) if backend == "tensorflow" else _subprocess_runs(backend)
+    for (case, empty), run in zip(EMPTY_CASES.items(), runs, strict=True):
+        losses = run["losses"]
         assert all(np.isfinite(v) for v in losses.values()), (case, losses)
-        assert losses["applied"] == 1.0, case
-        assert not np.array_equal(model.trainable_variables[head].numpy(), before[head]), case  # update applied
+        assert losses["applied"] == 1.0 and run["head_changed"], case  # the update was applied
         mask_terms = [k for k in losses if k.startswith(("loss_mask", "loss_dice"))]
         class_terms = [k for k in losses if k.startswith("loss_ce")]
         assert len(mask_terms) == 2 * len(class_terms) == 2 * (config.model.num_decoder_layers + 1)
         assert all(losses[k] > 0 for k in class_terms), (case, losses)
         assert all((losses[k] == 0.0) == (len(empty) == 2) for k in mask_terms), (case, losses)
-
-        outputs = model(batch["image"], training=True)
-        for i in range(2):  # each image alone
-            alone = {k: batch[k][i : i + 1] for k in ("masks", "labels", "valid")}
-            terms = criterion(tf.nest.map_structure(lambda x: x[i : i + 1], outputs), alone)  # noqa: B023
-            terms = {k: float(v) for k, v in terms.items()}
+        for i, terms in enumerate(run["images"]):  # each image alone
             assert all(terms[k] > 0 for k in class_terms), (case, i, terms)
             assert all((terms[k] == 0.0) == (i in empty) for k in mask_terms), (case, i, terms)
 
