@@ -200,6 +200,7 @@ def test_a_real_failure_after_running_tensorflow_is_exactly_one_line(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow  # its fast twin: test_a_real_failure_after_running_tensorflow_is_exactly_one_line
 def test_every_scripts_real_command_line_fails_in_exactly_one_line(tmp_path):
     """The scripts whose other tests call main() in-process, each run as a user runs it (fresh processes, side
     by side), with bad input found after TensorFlow was imported: no start-up lines, no traceback, one line

@@ -6,6 +6,7 @@ the model loader replaced); the real tiny model runs through every path and writ
 """
 
 import json
+from collections import defaultdict
 
 import cv2
 import numpy as np
@@ -17,9 +18,10 @@ import inference.loading
 import test_map
 from data.categories import Categories
 from data.coco_conversion import ConversionOptions, convert
-from evaluation.panoptic_quality import id_to_rgb
+from evaluation.panoptic_quality import PanopticEvaluator, id_to_rgb
 from inference.model_evaluation import coco_json_eval_set, evaluate_model, tfrecord_eval_set
 from tests.helpers import tiny_config
+from tools.panopticapi_reference import panopticapi_average, panopticapi_image
 
 CATEGORIES = [
     {"id": 1, "name": "person", "isthing": 1},
@@ -179,10 +181,12 @@ def test_ground_truth_replayed_as_logits_scores_perfectly(dataset, task, check):
             assert sum(r["IoU"] == 1.0 for r in metrics["per_class"].values()) == 5
 
 
-def test_a_wrong_prediction_lowers_every_metric(dataset):
-    """The perfect scores above can fail: moving one ground-truth box off its place costs AP, PQ and mIoU."""
+def test_a_wrong_prediction_lowers_every_metric(dataset, panoptic_images):
+    """The perfect scores above can fail: moving one ground-truth box off its place costs AP, PQ and mIoU;
+    the PQ is exactly panopticapi's on the same segments."""
     root, scenes = dataset
     shifted = {key: (np.roll(ids, 8, axis=1), segments) for key, (ids, segments) in scenes.items()}
+    scored = {}
     for task, value in (
         ("instance", lambda m: m["segm"]["AP"]),
         ("panoptic", lambda m: m["All"]["pq"]),
@@ -190,7 +194,11 @@ def test_a_wrong_prediction_lowers_every_metric(dataset):
     ):
         config = small_config(task)
         eval_set = eval_sets(root, config, task)["tfrecords"]
-        assert value(evaluate_model(GroundTruthReplay(shifted), eval_set, config, task)) < 0.9, task
+        scored[task] = evaluate_model(GroundTruthReplay(shifted), eval_set, config, task)
+        assert value(scored[task]) < 0.9, task
+    # panopticapi on these segments: the stuff bands still match (PQ 1), the things partly (PQ 0.372)
+    assert scored["panoptic"]["All"]["pq"] == pytest.approx(0.623448275862069, abs=1e-12)
+    assert_equals_panopticapi(scored["panoptic"], panoptic_images)
 
 
 @pytest.mark.parametrize("source", ["coco_json", "tfrecords"])
@@ -230,8 +238,39 @@ def load_once(monkeypatch, loaded_models):
     monkeypatch.setattr(inference.loading, "load_model", load)
 
 
+@pytest.fixture
+def panoptic_images(monkeypatch):
+    """The (gt ids, gt segments, predicted ids, predicted segments) of every image PQ is given."""
+    seen = []
+    update = PanopticEvaluator.update_state
+
+    def spy(self, gt_ids, gt_segments, pred_ids, pred_segments, image_id=None):
+        seen.append((gt_ids, [dict(s) for s in gt_segments], pred_ids, [dict(s) for s in pred_segments]))
+        update(self, gt_ids, gt_segments, pred_ids, pred_segments, image_id)
+
+    monkeypatch.setattr(PanopticEvaluator, "update_state", spy)
+    return seen
+
+
+def assert_equals_panopticapi(metrics: dict, images: list) -> None:
+    """PQ, SQ, RQ and n of All, Things and Stuff equal panopticapi's own loop and average on `images`."""
+    assert images, "PQ was given no image"
+    stats = defaultdict(lambda: [0.0, 0, 0, 0])
+    for image in images:
+        for category, values in panopticapi_image(*image).items():
+            stats[category] = [a + b for a, b in zip(stats[category], values, strict=True)]
+    for name, isthing in (("All", None), ("Things", True), ("Stuff", False)):
+        expected = panopticapi_average(stats, CATEGORIES, isthing)
+        got = [metrics[name][key] for key in ("pq", "sq", "rq", "n")]
+        assert got == pytest.approx(expected, abs=1e-12), (name, got, expected)
+
+
+# Random weights are never 0.8 sure of a class: keep every query, so that PQ sees predicted segments.
+ALL_QUERIES = ["inference.object_mask_threshold=0", "inference.overlap_threshold=0"]
+
+
 @pytest.mark.parametrize("task", ["instance", "panoptic", "semantic"])
-def test_real_tiny_model_runs_through_every_path(dataset, tmp_path, task, capsys, load_once):
+def test_real_tiny_model_runs_through_every_path(dataset, tmp_path, task, capsys, load_once, panoptic_images):
     root, _ = dataset
     config_file = tmp_path / "tiny.json"
     small_config(task).save(str(config_file))
@@ -242,13 +281,16 @@ def test_real_tiny_model_runs_through_every_path(dataset, tmp_path, task, capsys
     ):
         output = tmp_path / "metrics.json"
         argv = ["--weights", GOLDEN_PKL, "--config", str(config_file), *source, "--output", str(output)]
-        test_map.main([*argv, "--set", EAGER])
+        test_map.main([*argv, "--set", EAGER, *(ALL_QUERIES if task == "panoptic" else [])])
         metrics = json.loads(output.read_text())
         if task == "instance":
             # COCOeval reports -1 for an area range without ground truth (no medium or large objects here)
             assert set(metrics) == {"segm", "bbox"} and all(v == -1 or 0 <= v <= 1 for v in metrics["segm"].values())
-        elif task == "panoptic":
-            assert 0 <= metrics["All"]["pq"] <= 1
+        elif task == "panoptic":  # random weights match no segment: PQ 0 over the 5 classes, as panopticapi
+            assert len(panoptic_images) == len(IMAGE_SIZES) and all(image[3] for image in panoptic_images)
+            assert metrics["All"] == {"pq": 0.0, "sq": 0.0, "rq": 0.0, "n": 5}
+            assert_equals_panopticapi(metrics, panoptic_images)
+            panoptic_images.clear()
         else:
             assert 0 <= metrics["mIoU"] <= 1 and set(metrics["per_class"]) == {c["name"] for c in CATEGORIES}
     assert "wrote" in capsys.readouterr().out

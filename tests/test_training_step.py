@@ -95,6 +95,7 @@ def test_accumulated_gradients_equal_the_whole_batch():
     )
 
 
+@pytest.mark.slow  # its fast twin: test_accumulated_gradients_equal_the_whole_batch (k = 1, 2, 4)
 def test_accumulated_update_equals_the_whole_batch_update():
     config = _config()
     batch = _batch()
@@ -178,7 +179,7 @@ def test_nonfinite_losses_skip_the_update_and_stop_the_run_keeping_the_last_good
     np.testing.assert_array_equal(saved[kernel[0]], current.numpy())  # the skipped steps changed nothing
 
 
-@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("policy", ["mixed_float16", pytest.param("mixed_bfloat16", marks=pytest.mark.slow)])
 def test_mixed_precision_step_scales_the_loss_and_keeps_losses_in_float32(policy):
     import keras
 

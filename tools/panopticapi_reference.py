@@ -58,3 +58,20 @@ def panopticapi_image(pan_gt, gt_segments, pan_pred, pred_segments):
             continue
         stat[pred_info["category_id"]][2] += 1
     return stat
+
+
+def panopticapi_average(stats, categories, isthing=None):
+    """`PQStat.pq_average` (cocodataset/panopticapi evaluation.py): (pq, sq, rq, n) over the categories
+    with any tp, fp or fn; `stats` sums `panopticapi_image` over images, `isthing` None = all."""
+    pq, sq, rq, n = 0.0, 0.0, 0.0, 0
+    for category in categories:
+        if isthing is not None and (category["isthing"] == 1) != isthing:
+            continue
+        iou, tp, fp, fn = stats[category["id"]]
+        if tp + fp + fn == 0:
+            continue
+        n += 1
+        pq += iou / (tp + 0.5 * fp + 0.5 * fn)
+        sq += iou / tp if tp != 0 else 0
+        rq += tp / (tp + 0.5 * fp + 0.5 * fn)
+    return pq / n, sq / n, rq / n, n
