@@ -109,9 +109,13 @@ class TrainStep:
         self.loss_names = loss_names(model.num_decoder_layers)
         self.loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         self._micro_step = (
-            tf.function(self._micro_step_eager, jit_compile=True) if jit_compile else self._micro_step_eager
+            tf.function(self._micro_step_eager, jit_compile=True, autograph=False)
+            if jit_compile
+            else self._micro_step_eager
         )
-        self._function = tf.function(self._train_step)
+        self._function = tf.function(
+            self._train_step, autograph=False
+        )  # no Python control flow on tensors: AutoGraph would only add tracing time
 
     def __call__(self, batch) -> dict[str, tf.Tensor]:
         batch = self._same_slots(batch)
