@@ -1,7 +1,9 @@
-"""Trains Mask2Former: one tf.function step with gradient accumulation, mixed precision and tf.distribute.
+"""Trains Mask2Former on the Keras backend KERAS_BACKEND names: TensorFlow (default: one tf.function step,
+tf.distribute strategies), JAX (one jax.jit step on one device) or PyTorch (eager, one device).
 
     python train.py --preset coco_instance \
         --set data.train_files='datasets/coco/tfrecords/train-*.tfrecord' train.output_dir=runs/coco_r50
+    KERAS_BACKEND=jax python train.py ...    # the same run on JAX (checkpoints: checkpoints/ckpt-N.npz)
 
 It prints one line saying how the run starts (initial weights or the checkpoint it resumes, replicas,
 images per step and per replica, micro-batches, precision, step range), then the progress (`step`,
