@@ -199,16 +199,26 @@ def test_mixed_precision_step_scales_the_loss_and_keeps_losses_in_float32(policy
 
 
 @pytest.mark.slow
-def test_xla_step_with_the_tf_matcher():
+def test_xla_step_with_the_device_matcher():
     config = _config()
-    config.loss.matcher = "tf"
+    config.loss.matcher = "device"
     config.train.jit_compile = True
+    with pytest.raises(ValueError, match="dynamic_pairs=False"):
+        _xla_step(config, build_criterion(config))
+    step_fn = _xla_step(config, build_criterion(config, dynamic_pairs=False))
+    for i in range(3):
+        results = step_fn(_batch(seed=i))
+    assert float(results["applied"]) == 1.0 and np.isfinite(float(results["loss_total"]))
+    assert step_fn.tracing_count == 1
+
+
+def _xla_step(config, criterion):
     model = build_model(config)
     step = tf.Variable(0, dtype=tf.int64)
     schedule = build_schedule(config.train)
-    step_fn = TrainStep(
+    return TrainStep(
         model,
-        build_criterion(config),
+        criterion,
         build_optimizer(config.train, model, learning_rate=lambda: schedule(step)),
         tf.distribute.get_strategy(),
         step,
@@ -218,10 +228,6 @@ def test_xla_step_with_the_tf_matcher():
         learning_rate=schedule,
         jit_compile=True,
     )
-    for i in range(3):
-        results = step_fn(_batch(seed=i))
-    assert float(results["applied"]) == 1.0 and np.isfinite(float(results["loss_total"]))
-    assert step_fn.tracing_count == 1
 
 
 def test_run_folder_has_tensorboard_scalars_images_and_metrics(tmp_path):

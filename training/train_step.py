@@ -92,6 +92,11 @@ class TrainStep:
         learning_rate,
         jit_compile: bool = False,
     ):
+        if jit_compile and criterion.dynamic_pairs:
+            raise ValueError(
+                "TrainStep(jit_compile=True) compiles static shapes: build the criterion with "
+                "build_criterion(config, dynamic_pairs=False)"
+            )
         if replica_batch_size % accumulation_steps:
             raise ValueError(
                 f"{replica_batch_size} images per replica do not split into {accumulation_steps} micro-batches"
