@@ -276,7 +276,7 @@ class SetCriterion:
 
         if points is None:
             if seed is None:
-                seed = random.image_seeds(int(np.random.default_rng().integers(2**31 - 1)), 0, 0, batch_size)
+                seed = random.image_seeds(int(np.random.default_rng().integers(2**31 - 1)), 0, batch_size)
             points = self.draw_points(seed, len(prediction_sets))
         if len(points) != len(prediction_sets):
             raise ValueError(f"points has {len(points)} entries for {len(prediction_sets)} prediction sets")

@@ -51,9 +51,9 @@ def fold_in(seed, data: int):
     return keras.ops.convert_to_tensor(words.generate_state(2, np.uint32).view(np.int32))
 
 
-def image_seeds(seed: int, step: int, first_image: int, count: int) -> np.ndarray:
-    """(count, 2) int32 host seeds of images first_image .. first_image + count - 1 of optimizer step `step`
-    (the JAX and PyTorch steps; the TensorFlow step derives its seeds in its graph)."""
-    return np.stack(
-        [np.random.SeedSequence([seed, step, first_image + i]).generate_state(2, np.uint32) for i in range(count)]
-    ).view(np.int32)
+def image_seeds(seed: int, step: int, count: int) -> np.ndarray:
+    """(count, 2) int32 host seeds of images 0 .. count - 1 of optimizer step `step` (the JAX and PyTorch
+    steps; the TensorFlow step derives its seeds in its graph)."""
+    return np.stack([np.random.SeedSequence([seed, step, i]).generate_state(2, np.uint32) for i in range(count)]).view(
+        np.int32
+    )

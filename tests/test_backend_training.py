@@ -35,7 +35,7 @@ RUN = """
 import sys, numpy as np, keras
 from keras import ops
 from losses import SetPoints
-from tests.test_backend_training import step_config, fixed_points, run_keras_step
+from tests.test_backend_training import run_keras_step
 from tests.test_criterion import make_criterion
 problem = np.load(sys.argv[1], allow_pickle=True).item()
 criterion = make_criterion("scipy")

@@ -58,7 +58,6 @@ class KerasTrainStep:
         inner = optimizer.inner_optimizer if self.loss_scaling else optimizer
         self._lr_index = _index_of(optimizer.variables, inner._learning_rate)
         self._scale_index = _index_of(optimizer.variables, optimizer.dynamic_scale) if self.loss_scaling else None
-        self.tracing_count = 0
         if self.backend == "jax":
             import jax
 
@@ -70,7 +69,7 @@ class KerasTrainStep:
 
     # ------------------------------------------------------------------------------ common
     def _seeds(self, step: int, batch_size: int) -> np.ndarray:
-        return random.image_seeds(self.seed, step, 0, batch_size)
+        return random.image_seeds(self.seed, step, batch_size)
 
     def _micro_batches(self, batch: dict, seeds):
         k = self.accumulation_steps
@@ -135,7 +134,6 @@ class KerasTrainStep:
     def _jax_step(self, state, batch, seeds, learning_rate):
         import jax
 
-        self.tracing_count += 1
         trainable, non_trainable, optimizer_values = state
         scale = optimizer_values[self._scale_index] if self.loss_scaling else 1.0
         normalizers = self.criterion.local_normalizers(batch["valid"], self.model.num_queries)
