@@ -182,19 +182,21 @@ class SetCriterion:
         }
 
     # ------------------------------------------------------------------------------------ terms
-    def class_loss(self, pred_logits, query_target, labels, class_weight_sum=None):
-        """Weighted cross-entropy: (B, Q, K+1), (B, Q) matched slot or -1, (B, M) -> scalar."""
+    def class_losses(self, pred_logits, query_target, labels, class_weight_sum=None):
+        """Weighted cross-entropy of every set: (S, B, Q, K+1), (S, B, Q) matched slot or -1, (B, M) -> (S,)."""
         logits = ops.cast(pred_logits, "float32")
+        num_sets = query_target.shape[0]
         matched = query_target >= 0
-        target_class = ops.where(
-            matched, ops.take_along_axis(labels, ops.maximum(query_target, 0), axis=1), self.num_classes
-        )  # (B, Q)
+        slot_labels = ops.take_along_axis(
+            ops.tile(labels[None], [num_sets, 1, 1]), ops.maximum(query_target, 0), axis=2
+        )  # (S, B, Q)
+        target_class = ops.where(matched, slot_labels, self.num_classes)
         weight = ops.where(matched, 1.0, self.no_object_weight)
         log_prob = ops.log_softmax(logits, axis=-1)
-        nll = -ops.take_along_axis(log_prob, target_class[:, :, None], axis=2)[:, :, 0]
+        nll = -ops.take_along_axis(log_prob, target_class[..., None], axis=3)[..., 0]
         if class_weight_sum is None:
-            class_weight_sum = ops.sum(weight)
-        return ops.sum(weight * nll) / class_weight_sum
+            class_weight_sum = ops.sum(weight, axis=(1, 2))
+        return ops.sum(weight * nll, axis=(1, 2)) / class_weight_sum
 
     def _pairs(self, pair_valid, num_rows):
         """(image, row) of the point-sampled rows and their mask (None: all are matched pairs)."""
@@ -219,50 +221,57 @@ class SetCriterion:
             for seeds, shape in zip(points[1:], self._row_shapes(), strict=True)
         )
 
-    def mask_losses(self, pred_masks, query_target, masks, points: SetPoints, num_masks, canvas=None):
-        """Point-sampled BCE and dice over matched pairs, each summed / num_masks.
+    def mask_losses(self, pred_masks, query_target, masks, points: list[SetPoints], num_masks, canvas=None):
+        """Point-sampled BCE and dice over the matched pairs of every set, each summed / num_masks.
 
-        pred_masks: (B, Q, h, w). query_target: (B, Q). masks: (B, M, H, W) target masks."""
-        batch, num_queries = query_target.shape
+        The pairs of all sets are sampled together (one importance sampling, one read of predictions and
+        targets); each set only gathers its matched maps and draws its pairs' points.
+
+        pred_masks: S x (B, Q, h, w). query_target: (S, B, Q). masks: (B, M, H, W) target masks.
+        Returns two (S,) tensors."""
+        num_sets, batch, num_queries = query_target.shape
         num_slots = dim(masks, 1)  # an int, or a tensor in a TF graph traced for any M
         num_rows = min(num_queries, num_slots) if isinstance(num_slots, int) else ops.minimum(num_queries, num_slots)
-        matched = query_target >= 0
-        # Matched queries first, in query order: (B, Q) -> (B, R).
-        order = ops.where(matched, 0, num_queries) + ops.arange(num_queries, dtype="int32")[None]
-        query = ops.cast(ops.argsort(order, axis=1), "int32")[:, :num_rows]
-        pair_valid = ops.take_along_axis(matched, query, axis=1)
-        target = ops.maximum(ops.take_along_axis(query_target, query, axis=1), 0)
-        image, row, keep = self._pairs(pair_valid, num_rows)
-        flat_pair = image * num_rows + row
-        # Only the matched maps are read (their gradient is N maps, not Q dense maps).
-        pred_query = ops.take(ops.reshape(query, [-1]), flat_pair)
-        height, width = pred_masks.shape[2:]
-        pred = ops.take(
-            ops.reshape(ops.cast(pred_masks, "float32"), [-1, height, width]), image * num_queries + pred_query, axis=0
-        )
-        pred = pred[None]  # (1, N, h, w)
+        height, width = pred_masks[0].shape[2:]
+        preds, target_rows, set_ids, keeps, pair_points = [], [], [], [], []
+        for s in range(num_sets):
+            matched = query_target[s] >= 0
+            # Matched queries first, in query order: (B, Q) -> (B, R).
+            order = ops.where(matched, 0, num_queries) + ops.arange(num_queries, dtype="int32")[None]
+            query = ops.cast(ops.argsort(order, axis=1), "int32")[:, :num_rows]
+            pair_valid = ops.take_along_axis(matched, query, axis=1)
+            target = ops.maximum(ops.take_along_axis(query_target[s], query, axis=1), 0)
+            image, row, keep = self._pairs(pair_valid, num_rows)
+            flat_pair = image * num_rows + row
+            # Only the matched maps are read (their gradient is N maps, not Q dense maps).
+            pred_query = ops.take(ops.reshape(query, [-1]), flat_pair)
+            maps = ops.reshape(ops.cast(pred_masks[s], "float32"), [-1, height, width])
+            preds.append(ops.take(maps, image * num_queries + pred_query, axis=0))
+            target_rows.append(image * num_slots + ops.take(ops.reshape(target, [-1]), flat_pair))
+            set_ids.append(ops.full(ops.shape(image), s, "int32"))
+            keeps.append(keep)
+            pair_points.append(self._pair_points(points[s], pair_valid, image, row, num_rows))
+        pred = ops.concatenate(preds, axis=0)[None]  # (1, N, h, w), the pairs of every set
         rows = ops.arange(ops.shape(pred)[1], dtype="int32")[None]  # (1, N)
-        oversampled, random_draw = self._pair_points(points, pair_valid, image, row, num_rows)
+        oversampled, random_draw = (ops.concatenate(f, axis=0)[None] for f in zip(*pair_points, strict=True))
         coords = importance_sample_points(
-            pred,
-            rows,
-            oversampled[None],
-            random_draw[None],
-            self.num_points,
-            self.num_uncertain,
-            self.random_points,
+            pred, rows, oversampled, random_draw, self.num_points, self.num_uncertain, self.random_points
         )  # (1, N, P, 2)
         logits = sample_points_per_row(pred, rows, coords)  # (1, N, P)
-        target_rows = image * num_slots + ops.take(ops.reshape(target, [-1]), flat_pair)
         all_masks = ops.reshape(masks, [1, -1, *masks.shape[2:]])  # (1, B*M, H, W)
-        labels = ops.stop_gradient(sample_points_per_row(all_masks, target_rows[None], coords, canvas))
+        target_rows = ops.concatenate(target_rows, axis=0)[None]
+        labels = ops.stop_gradient(sample_points_per_row(all_masks, target_rows, coords, canvas))
         # BCE with logits as TensorFlow and torch compute it: max(x, 0) - x z + log(1 + exp(-|x|)).
-        bce = ops.mean(ops.relu(logits) - logits * labels + ops.log1p(ops.exp(-ops.abs(logits))), axis=-1)
+        bce = ops.mean(ops.relu(logits) - logits * labels + ops.log1p(ops.exp(-ops.abs(logits))), axis=-1)[0]
         prob = ops.sigmoid(logits)
         dice = 1.0 - (2.0 * ops.sum(prob * labels, -1) + 1.0) / (ops.sum(prob, -1) + ops.sum(labels, -1) + 1.0)
-        if keep is not None:
-            bce, dice = ops.where(keep[None], bce, 0.0), ops.where(keep[None], dice, 0.0)
-        return ops.sum(bce) / num_masks, ops.sum(dice) / num_masks
+        dice = dice[0]
+        if not self.dynamic_pairs:
+            keep = ops.concatenate(keeps, axis=0)
+            bce, dice = ops.where(keep, bce, 0.0), ops.where(keep, dice, 0.0)
+        set_ids = ops.concatenate(set_ids, axis=0)
+        per_set = [ops.segment_sum(x, set_ids, num_segments=num_sets) / num_masks for x in (bce, dice)]
+        return per_set[0], per_set[1]
 
     # ------------------------------------------------------------------------------------- call
     def __call__(self, outputs, targets, *, seed=None, points=None, num_masks=None, class_weight_sum=None):
@@ -282,13 +291,10 @@ class SetCriterion:
             raise ValueError(f"points has {len(points)} entries for {len(prediction_sets)} prediction sets")
 
         # Match every prediction set at once: (S * B, Q, M) costs -> (S, B, Q) matched slot or -1.
-        costs = ops.concatenate(
-            [
-                self.matcher.cost_matrix(p["pred_logits"], p["pred_masks"], labels, masks, pts.match, canvas)
-                for p, pts in zip(prediction_sets, points, strict=True)
-            ],
-            axis=0,
-        )
+        pred_logits = ops.stack([p["pred_logits"] for p in prediction_sets])  # (S, B, Q, K+1)
+        pred_masks = [p["pred_masks"] for p in prediction_sets]
+        coords = ops.stack([pts.match for pts in points])  # (S, B, P, 2)
+        costs = self.matcher.cost_matrices(pred_logits, pred_masks, labels, masks, coords, canvas)
         query_target = self.matcher.assign(costs, ops.tile(valid, [len(prediction_sets), 1]))
         query_target = ops.reshape(ops.cast(query_target, "int32"), [len(prediction_sets), batch_size, num_queries])
 
@@ -297,22 +303,13 @@ class SetCriterion:
         num_masks = ops.maximum(ops.cast(num_masks, "float32"), 1.0)
         if class_weight_sum is not None:
             class_weight_sum = ops.cast(class_weight_sum, "float32")
-        losses = {}
-        for s, (prediction, pts, suffix) in enumerate(zip(prediction_sets, points, suffixes, strict=True)):
-            losses[f"loss_ce{suffix}"] = self.class_loss(
-                prediction["pred_logits"], query_target[s], labels, class_weight_sum
-            )
-            losses[f"loss_mask{suffix}"], losses[f"loss_dice{suffix}"] = self.mask_losses(
-                prediction["pred_masks"], query_target[s], masks, pts, num_masks, canvas
-            )
-        total = 0.0
-        for s in suffixes:
-            total = total + (
-                self.class_weight * losses[f"loss_ce{s}"]
-                + self.mask_weight * losses[f"loss_mask{s}"]
-                + self.dice_weight * losses[f"loss_dice{s}"]
-            )
-        losses["loss_total"] = total
+        terms = {"loss_ce": self.class_losses(pred_logits, query_target, labels, class_weight_sum)}
+        terms["loss_mask"], terms["loss_dice"] = self.mask_losses(
+            pred_masks, query_target, masks, points, num_masks, canvas
+        )
+        losses = {f"{name}{suffix}": values[s] for name, values in terms.items() for s, suffix in enumerate(suffixes)}
+        weighted = self.class_weight * terms["loss_ce"] + self.mask_weight * terms["loss_mask"]
+        losses["loss_total"] = ops.sum(weighted + self.dice_weight * terms["loss_dice"])
         return losses
 
     def _check_shapes(self, prediction_sets, masks, labels, valid) -> tuple[int, int] | None:

@@ -52,26 +52,29 @@ class HungarianMatcher:
         self.cost_dice = cost_dice
         self.backend = backend
 
-    def cost_matrix(self, pred_logits, pred_masks, labels, masks, coords, canvas=None):
-        """Matching cost of one prediction set.
+    def cost_matrices(self, pred_logits, pred_masks, labels, masks, coords, canvas=None):
+        """Matching costs of S prediction sets, each on its own points.
 
         Args:
-            pred_logits: (B, Q, K+1). pred_masks: (B, Q, h, w) logits.
-            labels: (B, M) int32 (any value in invalid slots). masks: (B, M, H, W) 0/1, or their points
-                (B, M, P) float32 (read once for all prediction sets that share `coords`).
-            coords: (B, P, 2) shared uniform points (x, y) in [0, 1].
+            pred_logits: (S, B, Q, K+1). pred_masks: list of S (B, Q, h, w) logits.
+            labels: (B, M) int32 (any value in invalid slots). masks: (B, M, H, W) 0/1.
+            coords: (S, B, P, 2) uniform points (x, y) in [0, 1], shared by the predictions and targets of
+                an image in a set.
             canvas: (Hc, Wc) padded size the target masks are read in (None: their own size).
         Returns:
-            (B, Q, M) float32 cost, no gradient.
+            (S * B, Q, M) float32 costs (set-major), no gradient.
         """
         pred_logits = ops.stop_gradient(ops.cast(pred_logits, "float32"))
         prob = ops.softmax(pred_logits, axis=-1)
         safe_labels = ops.clip(ops.cast(labels, "int32"), 0, pred_logits.shape[-1] - 1)
-        cost_class = -ops.take_along_axis(prob, safe_labels[:, None, :], axis=2)  # (B, Q, M)
-        pred_points = sample_shared_points(ops.stop_gradient(ops.cast(pred_masks, "float32")), coords)  # (B, Q, P)
-        target_points = masks if len(masks.shape) == 3 else sample_shared_points(masks, coords, canvas)
-        sigmoid_ce, dice = pairwise_costs(pred_points, target_points)
-        return ops.stop_gradient(self.cost_mask * sigmoid_ce + self.cost_class * cost_class + self.cost_dice * dice)
+        cost_class = -ops.take_along_axis(prob, safe_labels[None, :, None, :], axis=3)  # (S, B, Q, M)
+        pred_points = sample_shared_points([ops.stop_gradient(ops.cast(p, "float32")) for p in pred_masks], coords)
+        target_points = sample_shared_points([masks] * len(pred_masks), coords, canvas)  # S x (B, M, P)
+        costs = []
+        for pred, target, class_cost in zip(pred_points, target_points, ops.unstack(cost_class), strict=True):
+            sigmoid_ce, dice = pairwise_costs(pred, target)
+            costs.append(self.cost_mask * sigmoid_ce + self.cost_class * class_cost + self.cost_dice * dice)
+        return ops.stop_gradient(ops.concatenate(costs, axis=0))
 
     def assign(self, cost, valid):
         """Optimal matching of queries to valid targets.

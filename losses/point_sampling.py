@@ -82,21 +82,32 @@ def sample_shared_points(maps, coords, canvas: tuple[int, int] | None = None):
     The maps are laid out pixel by pixel, (B*H*W, N), so that a corner is one gather of whole rows.
 
     Args:
-        maps: (B, N, H, W) float, or uint8 / bool masks (no gradient).
-        coords: (B, P, 2) float32 (x, y) in [0, 1].
+        maps: (B, N, H, W) float, or uint8 / bool masks (no gradient); or a list of S such tensors, each
+            read at its own points (the corner arithmetic is done once for all of them).
+        coords: (B, P, 2) float32 (x, y) in [0, 1]; (S, B, P, 2) with a list of maps.
         canvas: optional (Hc, Wc) >= (H, W): the maps sit at the top-left of a zero canvas of that size
             and the coordinates refer to the canvas (equal to zero-padding the maps bottom/right first).
     Returns:
-        (B, N, P) float32.
+        (B, N, P) float32; a list of S of them with a list of maps.
     """
-    batch, num_maps, height, width = maps.shape[0], dim(maps, 1), maps.shape[2], maps.shape[3]
+    if not isinstance(maps, (list, tuple)):
+        return sample_shared_points([maps], coords[None], canvas)[0]
+    batch, height, width = maps[0].shape[0], maps[0].shape[2], maps[0].shape[3]
     pixels = height * width
-    rows = ops.transpose(ops.reshape(_gatherable(maps), [batch, num_maps, pixels]), [0, 2, 1])
-    rows = ops.reshape(rows, [batch * pixels, num_maps])  # (B*H*W, N)
-    indices, weights = _corners(coords, (height, width), canvas or (height, width))  # (B, P) each
+    indices, weights = _corners(coords, (height, width), canvas or (height, width))  # (S, B, P) each
     first = ops.arange(batch, dtype=_index_dtype())[:, None] * pixels
-    values = [ops.cast(ops.take(rows, first + index, axis=0), "float32") for index in indices]  # (B, P, N)
-    return ops.transpose(_weighted_sum(values, [w[:, :, None] for w in weights]), [0, 2, 1])
+    per_set = list(zip(*(ops.unstack(first + index) for index in indices), strict=True))  # S x 4 x (B, P)
+    weights = list(zip(*(ops.unstack(w[..., None]) for w in weights), strict=True))  # S x 4 x (B, P, 1)
+    pixel_major = {}  # id(maps) -> (B*H*W, N): laid out once when the same maps are read at several points
+    results = []
+    for s, map_set in enumerate(maps):
+        if id(map_set) not in pixel_major:
+            rows = ops.transpose(ops.reshape(_gatherable(map_set), [batch, dim(map_set, 1), pixels]), [0, 2, 1])
+            pixel_major[id(map_set)] = ops.reshape(rows, [batch * pixels, dim(map_set, 1)])
+        rows = pixel_major[id(map_set)]
+        values = [ops.cast(ops.take(rows, index, axis=0), "float32") for index in per_set[s]]  # (B, P, N)
+        results.append(ops.transpose(_weighted_sum(values, weights[s]), [0, 2, 1]))
+    return results
 
 
 def sample_points_per_row(maps, rows, coords, canvas: tuple[int, int] | None = None):

@@ -97,28 +97,66 @@ class GroupedAdamW(keras.optimizers.AdamW):
         self.assign_sub(variable, lr / (1 - ops.power(beta_1, t)) * m / denominator)
 
     def _apply_weight_decay(self, variables):
-        if self.weight_decay is None:
-            return
-        if keras.backend.backend() != "tensorflow":  # one device (JAX, PyTorch): plain assignments
-            for variable in variables:
-                if self._use_weight_decay(variable):
-                    lr = ops.cast(self.learning_rate, variable.dtype) * self._multiplier(variable)
-                    variable.assign(variable - variable * ops.cast(self.weight_decay, variable.dtype) * lr)
-            return
-        import tensorflow as tf  # a strategy's variables are updated in its cross-replica merge call
+        if self.weight_decay is None or keras.backend.backend() == "tensorflow":
+            return  # TensorFlow decays each variable in its fused update (`_distributed_tf_update_step`)
+        for variable in variables:  # one device (JAX, PyTorch): plain assignments
+            if self._use_weight_decay(variable):
+                lr = ops.cast(self.learning_rate, variable.dtype) * self._multiplier(variable)
+                variable.assign(variable - variable * ops.cast(self.weight_decay, variable.dtype) * lr)
 
-        def apply_decay(distribution, variables):
-            def decay(variable, multiplier):
-                lr = tf.cast(self.learning_rate, variable.dtype) * multiplier
-                variable.assign_sub(variable * tf.cast(self.weight_decay, variable.dtype) * lr)
+    def _distributed_tf_update_step(self, distribution, grads_and_vars, learning_rate):
+        """TensorFlow: per variable, the decoupled weight decay and one fused `ResourceApplyAdam` kernel, in
+        the strategy's cross-replica update (a few graph ops per variable instead of ~30: the step traces
+        and optimises faster, and the update reads each tensor once).
 
-            for variable in variables:
-                if self._use_weight_decay(variable):
-                    multiplier = self._multiplier(variable)
-                    tf_variable = variable.value if isinstance(variable, keras.Variable) else variable
-                    distribution.extended.update(tf_variable, decay, args=(multiplier,), group=False)
+        `ResourceApplyAdam` computes `p -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps_hat)`; with
+        `eps_hat = eps * sqrt(1 - b2^t)` that is torch's `p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t)
+        + eps)` exactly (up to float rounding). Its moments are `m += (g - m) * (1 - b1)`, as torch's.
+        """
+        import tensorflow as tf
 
-        tf.__internal__.distribute.interim.maybe_merge_call(apply_decay, self._distribution_strategy, variables)
+        t = tf.cast(self.iterations + 1, "float32")
+        beta_1_power, beta_2_power = tf.pow(float(self.beta_1), t), tf.pow(float(self.beta_2), t)
+        epsilon = self.epsilon * tf.sqrt(1.0 - beta_2_power)
+        learning_rate = tf.cast(learning_rate, "float32")
+        weight_decay = 0.0 if self.weight_decay is None else float(self.weight_decay)
+        scalars = {}  # (multiplier, dtype) -> (lr, decay factor): shared by the variables of a group
+
+        def update(variable, gradient, m, v, lr, decay):
+            if decay is not None:
+                variable.assign_sub(variable * decay)
+            tf.raw_ops.ResourceApplyAdam(
+                var=variable.handle,
+                m=m.handle,
+                v=v.handle,
+                beta1_power=tf.cast(beta_1_power, variable.dtype),
+                beta2_power=tf.cast(beta_2_power, variable.dtype),
+                lr=lr,
+                beta1=tf.cast(self.beta_1, variable.dtype),
+                beta2=tf.cast(self.beta_2, variable.dtype),
+                epsilon=tf.cast(epsilon, variable.dtype),
+                grad=tf.cast(gradient, variable.dtype),
+            )
+
+        for gradient, variable in grads_and_vars:
+            index = self._get_variable_index(variable)
+            key = (self._lr_multipliers[index], variable.dtype)
+            if key not in scalars:
+                lr = tf.cast(learning_rate * key[0], variable.dtype)
+                scalars[key] = lr, lr * tf.cast(weight_decay, variable.dtype)
+            lr, decay = scalars[key]
+            distribution.extended.update(
+                variable,
+                update,
+                args=(
+                    gradient,
+                    self._momentums[index].value,
+                    self._velocities[index].value,
+                    lr,
+                    decay if weight_decay and self._use_weight_decay(variable) else None,
+                ),
+                group=False,
+            )
 
     def _clip_gradients(self, grads):
         return grads if self.clip_norm is None else clip_by_global_norm(grads, self.clip_norm)[0]
