@@ -28,7 +28,7 @@ from tests.helpers import tiny_config
 from tests.synthetic_coco import training_config, write_synthetic_tfrecords
 from tests.test_data_pipeline import CATEGORIES, _write_shards, make_example, random_instances
 from tests.test_training_step import _batch, _config, _PoisonedCriterion, _step_fn
-from training.checkpointing import TrainingCheckpoints
+from training.checkpointing import KerasCheckpoints, TrainingCheckpoints
 from training.loop import train
 from training.optimizer import build_optimizer
 from training.resume import check_resume_config
@@ -266,6 +266,27 @@ def test_resume_restores_the_step_the_schedule_position_and_the_learning_rate(tm
     changed.train.learning_rate *= 10
     with pytest.raises(ConfigError, match=r"train\.learning_rate: 0\.0001 -> 0\.001"):
         check_resume_config(str(tmp_path / "config.json"), changed, allow_change=False)
+
+
+def test_keras_checkpoints_resume_past_a_killed_write(tmp_path):
+    """The JAX / PyTorch checkpoints (`.npz`, here on TensorFlow): a write killed before its rename leaves
+    `ckpt-N.npz.<hex>.tmp`; resuming restores the previous checkpoint's variables and step and removes it."""
+    config = training_config("unused", str(tmp_path), max_steps=20, warmup_steps=10)
+    model, step, _, optimizer = _training_state(config)
+    for i in range(3):
+        _update(model, optimizer, step, seed=i)
+    KerasCheckpoints(str(tmp_path), model=model, optimizer=optimizer, keep=2).save(3)
+    killed_write = tmp_path / "checkpoints" / "ckpt-4.npz.0123abcd.tmp"
+    killed_write.write_bytes(b"PK partial")
+    resumed_model, _, _, resumed_optimizer = _training_state(config)
+    path, resumed_step = KerasCheckpoints(
+        str(tmp_path), model=resumed_model, optimizer=resumed_optimizer, keep=2
+    ).restore_latest()
+    assert (Path(path).name, resumed_step) == ("ckpt-3.npz", 3)
+    assert not killed_write.exists()
+    assert int(resumed_optimizer.iterations.numpy()) == 3
+    for a, b in zip(model.variables, resumed_model.variables, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
 
 
 # ----------------------------------------------------------------- no leaks

@@ -171,7 +171,9 @@ class KerasCheckpoints:
         self.keep = keep
 
     def restore_latest(self) -> tuple[str | None, int]:
-        """Restores the newest checkpoint; returns (its path, its step), or (None, 0) when there is none."""
+        """Restores the newest checkpoint; returns (its path, its step), or (None, 0) when there is none.
+        First removes what a killed write left behind (`ckpt-N.npz.<hex>.tmp`, never read)."""
+        _remove(glob.glob(os.path.join(self.directory, "ckpt-*.npz.*.tmp")))
         found = _keras_checkpoints(self.directory)
         if not found:
             return None, 0
