@@ -119,7 +119,7 @@ class TrainConfig:
     mixed_precision: str = "mixed_float16"  # "float32", "mixed_float16" or "mixed_bfloat16"
     jit_compile: bool = False
     recompute_encoder: bool = False  # recompute each encoder layer in the backward pass: less memory, slower
-    distribution: str = "auto"  # "auto", "default", "mirrored", "multi_worker", "tpu"
+    distribution: str = "auto"  # "auto", "default", "mirrored", "multi_worker", "tpu"; JAX: DataParallel on auto
     tpu_address: str = ""
     backbone_weights: str = "R-50.pkl"  # detectron2 ImageNet weights (path or model-zoo name)
     init_checkpoint: str = ""  # an official Mask2Former .pkl to fine-tune from

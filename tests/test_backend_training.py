@@ -8,6 +8,7 @@ One subprocess per backend (Keras picks its backend at import) computes, from fi
     TensorFlow's `TrainStep` here: losses within 1e-5 relative, updated weights within 1e-5 relative.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -185,3 +186,59 @@ def test_criterion_and_step_equal_tensorflow_and_transformers(backend, tensorflo
     worst = max(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12) for a, b in zip(weights, tf_weights, strict=True))
     print(f"{backend}: updated weights vs TensorFlow, relative {relative:.1e} (worst variable {worst:.1e})")
     assert relative < 1e-5
+
+
+DATA_PARALLEL = """
+import json, numpy as np, keras, jax
+from losses import build_criterion
+from model import build_model
+from tests.test_backend_training import STEP_SIZE, step_batch, step_config
+from training.keras_step import KerasTrainStep
+from training.optimizer import build_optimizer
+from training.schedules import build_schedule
+
+def one_step(initial):
+    config = step_config()
+    model = build_model(config)
+    model(np.zeros((1, STEP_SIZE, STEP_SIZE, 3), np.float32))
+    model.set_weights(initial)
+    optimizer = build_optimizer(config.train, model, learning_rate=config.train.learning_rate)
+    step = KerasTrainStep(model, build_criterion(config, dynamic_pairs=False), optimizer,
+                          build_schedule(config.train), accumulation_steps=2, seed=3)
+    batch = step_batch()
+    image = step._placed(batch, step._seeds(0, len(batch["image"])))[0]["image"]
+    devices = len(image.sharding.device_set) if isinstance(image, jax.Array) else 1
+    losses = step(batch, 0)
+    step.sync()
+    return [np.asarray(w) for w in model.get_weights()], losses, devices
+
+keras.utils.set_random_seed(0)
+reference = build_model(step_config())
+reference(np.zeros((1, STEP_SIZE, STEP_SIZE, 3), np.float32))
+initial = reference.get_weights()
+one = one_step(initial)
+keras.distribution.set_distribution(keras.distribution.DataParallel(devices=keras.distribution.list_devices()))
+two = one_step(initial)
+difference = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(one[0], two[0], strict=True)))
+print("RESULT " + json.dumps({"devices": [one[2], two[2]], "losses": [one[1], two[1]],
+      "relative": float(difference / np.sqrt(sum(np.sum(a ** 2) for a in one[0])))}))
+"""
+
+
+@pytest.mark.slow
+def test_jax_data_parallel_step_equals_one_device():
+    """keras.distribution.DataParallel on JAX (2 CPU devices): the batch is split over both, and one step
+    (2 micro-batches) gives the one-device step's losses and updated weights within 1e-5 relative."""
+    env = {**os.environ, **ENV, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)}
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
+    run = subprocess.run(
+        [sys.executable, "-c", DATA_PARALLEL], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.split("RESULT ", 1)[1].splitlines()[0])
+    assert result["devices"] == [1, 2]
+    one, two = result["losses"]
+    for key, value in one.items():
+        np.testing.assert_allclose(two[key], value, rtol=1e-5, atol=1e-7, err_msg=key)
+    print(f"data parallel vs one device: updated weights relative {result['relative']:.1e}")
+    assert result["relative"] < 1e-5

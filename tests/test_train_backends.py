@@ -1,4 +1,5 @@
-"""train.py's loop on PyTorch and JAX: it trains, resumes exactly, and its model evaluates alike on TensorFlow.
+"""train.py's loop on PyTorch and JAX (on two CPU devices, data parallel): it trains, resumes exactly, and its
+model evaluates alike on TensorFlow.
 
 One subprocess per backend (Keras picks its backend at import) trains a tiny model on synthetic TFRecords for
 4 steps, trains the same run again as 2 steps + a resumed 2, and evaluates the first run's `model.keras` with
@@ -61,6 +62,8 @@ def _flat(metrics, prefix=""):
 @pytest.mark.parametrize("backend", ["torch", pytest.param("jax", marks=pytest.mark.slow)])
 def test_trains_resumes_and_evaluates_on_tensorflow(backend, data, tmp_path):
     env = {**os.environ, **ENV, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT)}
+    if backend == "jax":  # two CPU devices: train.py splits each batch over them (keras.distribution.DataParallel)
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
     run = subprocess.run(
         [sys.executable, "-c", RUN, str(data), str(tmp_path)],
         cwd=ROOT,
@@ -72,6 +75,8 @@ def test_trains_resumes_and_evaluates_on_tensorflow(backend, data, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.split("RESULT ", 1)[1].splitlines()[0])
     assert result["status"] == ["finished", "finished"]
+    devices = "2 devices (DataParallel)" if backend == "jax" else "1 device"
+    assert f"{backend}, {devices}" in run.stdout + run.stderr
     assert result["checkpoint"].endswith("ckpt-4.npz")
     # Resuming continues exactly: the last two steps' losses and the final weights of 2 + 2 steps are 4 steps'.
     assert result["resumed"] == result["full"][2:], result

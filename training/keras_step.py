@@ -11,7 +11,12 @@ summed, the global norm is clipped once, a non-finite total loss skips the updat
 counts), and image i's random points come from the seed (train.seed, step, i) whatever the split.
 JAX traces the step once per target-slot bucket (static shapes: the criterion samples all B x R rows,
 the unmatched ones masked); PyTorch runs it eagerly and samples the matched pairs only.
-On one device; the TensorFlow `TrainStep` keeps the distribution strategies.
+
+Devices: PyTorch trains on one. On JAX, under a `keras.distribution.DataParallel` (set before the model is
+built, so that its variables are replicated) the batch and its seeds are split over the devices along
+the image axis; the step is still written for the global batch, so XLA all-reduces the gradients and the
+criterion's normalisers and the result equals the one-device step's. The TensorFlow `TrainStep` keeps
+the tf.distribute strategies.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ class KerasTrainStep:
         if self.backend == "jax":
             import jax
 
+            self._distribution = keras.distribution.distribution()  # None: one device
             self._state = self._read_state()
             self._jit_step = jax.jit(self._jax_step, donate_argnums=0)
             self._compiled = {}  # batch shapes -> ahead-of-time compiled step
@@ -89,7 +95,7 @@ class KerasTrainStep:
         learning_rate = float(ops.convert_to_numpy(self.schedule(step)))
         if self.backend == "jax":
             compiled = self._compiled.get(_shapes(batch), self._jit_step)
-            self._state, results = compiled(self._state, batch, seeds, np.float32(learning_rate))
+            self._state, results = compiled(self._state, *self._placed(batch, seeds), np.float32(learning_rate))
         else:
             results = self._torch_step(batch, seeds, learning_rate)
         return {key: float(value) for key, value in results.items()}
@@ -100,7 +106,7 @@ class KerasTrainStep:
         returns XLA's memory analysis of it in bytes: `temp` (what a step allocates beyond its inputs and
         outputs), `arguments`, `outputs`, `aliased` (outputs written into the donated state)."""
         seeds = self._seeds(0, len(batch["image"]))
-        compiled = self._jit_step.lower(self._state, batch, seeds, np.float32(0.0)).compile()
+        compiled = self._jit_step.lower(self._state, *self._placed(batch, seeds), np.float32(0.0)).compile()
         self._compiled[_shapes(batch)] = compiled
         analysis = compiled.memory_analysis()
         return {
@@ -109,6 +115,18 @@ class KerasTrainStep:
             "outputs": analysis.output_size_in_bytes,
             "aliased": analysis.alias_size_in_bytes,
         }
+
+    def _placed(self, batch: dict, seeds):
+        """The batch and seeds as the step reads them: numpy on one device; under a distribution, split
+        along the image axis over its devices."""
+        if self._distribution is None:
+            return batch, seeds
+        import jax
+
+        def place(value):
+            return jax.device_put(value, self._distribution.get_data_layout(np.shape(value)).backend_layout)
+
+        return {key: place(value) for key, value in batch.items()}, place(seeds)
 
     def _read_state(self):
         return (

@@ -286,6 +286,9 @@ def _tensorflow_run(config, criterion) -> _Run:
 def _keras_run(config, criterion) -> _Run:
     t = config.train
     backend = keras.backend.backend()
+    devices = _data_parallel_devices(t)
+    if devices:  # before the model is built: its variables are created replicated
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
     model = build_model(config, dtype=keras.DTypePolicy(t.mixed_precision))
     model.pixel_decoder.set_recompute(t.recompute_encoder)
     schedule = build_schedule(t)
@@ -311,7 +314,7 @@ def _keras_run(config, criterion) -> _Run:
         model=model,
         chief=True,
         render=True,
-        description=f"{backend}, 1 device",
+        description=f"{backend}, " + (f"{len(devices)} devices (DataParallel)" if devices else "1 device"),
         step=train_step,
         save=save,
         restore_latest=checkpoints.restore_latest,
@@ -320,3 +323,20 @@ def _keras_run(config, criterion) -> _Run:
         sync=train_step.sync,
         weights_changed=train_step.reload,
     )
+
+
+def _data_parallel_devices(t) -> list:
+    """The local devices a JAX run splits its batches over (`keras.distribution.DataParallel`): with
+    train.distribution "auto" or "mirrored", every local device when there are several and the batch's
+    micro-batches split evenly over them; [] for one device (and always on PyTorch)."""
+    if t.distribution in ("multi_worker", "tpu"):
+        raise ConfigError(
+            f"train.distribution {t.distribution!r} is a TensorFlow strategy; train with KERAS_BACKEND=tensorflow "
+            "or set train.distribution to 'auto'"
+        )
+    if keras.backend.backend() != "jax" or t.distribution == "default":
+        return []
+    devices = keras.distribution.list_devices()
+    if len(devices) < 2 or t.batch_size % (len(devices) * t.accumulation_steps):
+        return []
+    return devices

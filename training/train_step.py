@@ -212,7 +212,9 @@ class TrainStep:
             return {key: value[i] for key, value in micro_batches.items()}
 
         def body(i, grads_sum, losses_sum):
-            grads, losses = self._micro_step(micro_batches_at(i), step, first_image + tf.cast(i * b, tf.int64), normalizers)
+            grads, losses = self._micro_step(
+                micro_batches_at(i), step, first_image + tf.cast(i * b, tf.int64), normalizers
+            )
             grads_sum = [a + g for a, g in zip(grads_sum, grads, strict=True)]
             losses_sum = {name: losses_sum[name] + losses[name] for name in self.loss_names}
             return i + 1, grads_sum, losses_sum
@@ -220,7 +222,10 @@ class TrainStep:
         if k == 1:  # no zero accumulators: graph constant folding would materialise one per variable
             grads, losses = self._micro_step(micro_batches_at(0), step, first_image, normalizers)
         else:
-            zeros = [tf.zeros(v.shape, v.dtype) for v in variables], {name: tf.constant(0.0) for name in self.loss_names}
+            zeros = (
+                [tf.zeros(v.shape, v.dtype) for v in variables],
+                {name: tf.constant(0.0) for name in self.loss_names},
+            )
             _, grads, losses = tf.while_loop(lambda i, *_: i < k, body, (tf.constant(0), *zeros))
 
         grads = context.all_reduce(tf.distribute.ReduceOp.MEAN, grads)
