@@ -26,7 +26,7 @@ import numpy as np
 from keras import ops
 
 from losses import random
-from training.optimizer import global_norm
+from training.optimizer import global_norm, inner_optimizer
 
 
 def _shapes(batch: dict) -> tuple:
@@ -60,8 +60,7 @@ class KerasTrainStep:
         self.num_sets = model.num_decoder_layers + 1
         self.backend = keras.backend.backend()
         self.loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-        inner = optimizer.inner_optimizer if self.loss_scaling else optimizer
-        self._lr_index = _index_of(optimizer.variables, inner._learning_rate)
+        self._lr_index = _index_of(optimizer.variables, inner_optimizer(optimizer)._learning_rate)
         self._scale_index = _index_of(optimizer.variables, optimizer.dynamic_scale) if self.loss_scaling else None
         if self.backend == "jax":
             import jax
@@ -170,13 +169,15 @@ class KerasTrainStep:
         finite = jax.numpy.isfinite(losses["loss_total"])
         optimizer_values = list(optimizer_values)
         optimizer_values[self._lr_index] = learning_rate.astype(optimizer_values[self._lr_index].dtype)
-        new_trainable, new_optimizer_values = self.optimizer.stateless_apply(optimizer_values, grads, trainable)
+        grad_norm = global_norm(grads) / scale
+        with inner_optimizer(self.optimizer).given_gradient_norm(grad_norm):
+            new_trainable, new_optimizer_values = self.optimizer.stateless_apply(optimizer_values, grads, trainable)
         keep = lambda new, old: jax.numpy.where(finite, new, old)  # noqa: E731
         trainable = jax.tree.map(keep, new_trainable, trainable)
         optimizer_values = jax.tree.map(keep, new_optimizer_values, optimizer_values)
         results = {
             **losses,
-            "grad_norm": global_norm(grads) / scale,
+            "grad_norm": grad_norm,
             "learning_rate": learning_rate,
             "loss_scale": jax.numpy.asarray(scale, "float32"),
             "applied": finite.astype("float32"),
@@ -202,15 +203,16 @@ class KerasTrainStep:
             losses = micro_losses if losses is None else {k: losses[k] + micro_losses[k] for k in losses}
         grads = [v.value.grad if v.value.grad is not None else torch.zeros_like(v.value) for v in variables]
         finite = bool(torch.isfinite(losses["loss_total"]))
+        grad_norm = global_norm(grads) / scale
         if finite:
             self.optimizer.learning_rate = learning_rate
-            with torch.no_grad():
+            with torch.no_grad(), inner_optimizer(self.optimizer).given_gradient_norm(grad_norm):
                 self.optimizer.apply(grads, variables)
         for v in variables:
             v.value.grad = None
         return {
             **losses,
-            "grad_norm": global_norm(grads) / scale,
+            "grad_norm": grad_norm,
             "learning_rate": learning_rate,
             "loss_scale": scale,
             "applied": float(finite),

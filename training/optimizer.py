@@ -17,6 +17,8 @@ Official recipe (Mask2Former `build_optimizer`, detectron2 `get_default_optimize
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 from keras import ops
 
@@ -68,6 +70,7 @@ class GroupedAdamW(keras.optimizers.AdamW):
             raise ValueError("GroupedAdamW implements torch's AdamW without amsgrad")
         super().__init__(**kwargs)
         self.clip_norm = clip_norm
+        self._given_norm = None
         self._lr_multiplier_by_id = dict(lr_multipliers or {})
         self._lr_multipliers = []
 
@@ -158,8 +161,20 @@ class GroupedAdamW(keras.optimizers.AdamW):
                 group=False,
             )
 
+    @contextlib.contextmanager
+    def given_gradient_norm(self, norm):
+        """Within it, `apply` clips with `norm`, the global norm of the (unscaled) gradients it gets, which
+        the training step has computed already, instead of computing it a second time."""
+        self._given_norm = norm
+        try:
+            yield
+        finally:
+            self._given_norm = None
+
     def _clip_gradients(self, grads):
-        return grads if self.clip_norm is None else clip_by_global_norm(grads, self.clip_norm)[0]
+        if self.clip_norm is None:
+            return grads
+        return clip_by_global_norm(grads, self.clip_norm, norm=self._given_norm)[0]
 
     def _all_reduce_sum_gradients(self, grads_and_vars):
         return list(grads_and_vars)  # the train step has all-reduced them already
@@ -187,9 +202,15 @@ def build_optimizer(train_config, model, learning_rate) -> keras.optimizers.Opti
     return optimizer
 
 
-def clip_by_global_norm(grads, max_norm: float):
-    """torch's `clip_grad_norm_` over all gradients: returns (clipped grads, norm before clipping)."""
-    norm = global_norm(grads)
+def inner_optimizer(optimizer) -> GroupedAdamW:
+    """The `GroupedAdamW` of `build_optimizer`'s result (inside its `LossScaleOptimizer` under float16)."""
+    return optimizer.inner_optimizer if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else optimizer
+
+
+def clip_by_global_norm(grads, max_norm: float, norm=None):
+    """torch's `clip_grad_norm_` over all gradients: returns (clipped grads, norm before clipping).
+    `norm`: their global norm where the caller has it."""
+    norm = global_norm(grads) if norm is None else norm
     coef = ops.minimum(1.0, max_norm / (norm + 1e-6))
     return [g * coef for g in grads], norm
 

@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from losses.criterion import SetPoints
 from losses.point_sampling import dim
+from training.optimizer import global_norm, inner_optimizer
 
 
 def loss_names(num_decoder_layers: int) -> list[str]:
@@ -167,7 +168,7 @@ class TrainStep:
         finite = tf.math.is_finite(losses["loss_total"])
         # The update runs in a replica context (the optimizer's merge calls need one), under a cond taken
         # in the cross-replica context, as `LossScaleOptimizer` does.
-        applied = tf.cond(finite, lambda: self._apply(grads), lambda: tf.constant(0.0))
+        applied = tf.cond(finite, lambda: self._apply(grads, grad_norm), lambda: tf.constant(0.0))
         results = {
             **losses,
             "grad_norm": self._first(grad_norm),
@@ -179,8 +180,12 @@ class TrainStep:
             self.step.assign_add(1)
         return results
 
-    def _apply(self, grads):
-        self.strategy.run(lambda g: self.optimizer.apply(g, self.model.trainable_variables), args=(grads,))
+    def _apply(self, grads, grad_norm):
+        def apply(grads, grad_norm):
+            with inner_optimizer(self.optimizer).given_gradient_norm(grad_norm):
+                self.optimizer.apply(grads, self.model.trainable_variables)
+
+        self.strategy.run(apply, args=(grads, grad_norm))
         return tf.constant(1.0)
 
     def _first(self, value):
@@ -232,7 +237,7 @@ class TrainStep:
         losses = dict(
             zip(self.loss_names, context.all_reduce(tf.distribute.ReduceOp.MEAN, list(losses.values())), strict=True)
         )
-        grad_norm = tf.linalg.global_norm(grads) / tf.cast(self._loss_scale(), tf.float32)
+        grad_norm = global_norm(grads) / tf.cast(self._loss_scale(), tf.float32)  # the optimizer clips with it
         return grads, losses, grad_norm
 
     def _micro_step_eager(self, micro, step, first_image, normalizers):
