@@ -60,6 +60,11 @@ def deformable_sample(value, spatial_shapes, locations, weights, one_gather=Fals
     x = locations[..., 0] * ops.cast(widths, dtype) - 0.5
     y = locations[..., 1] * ops.cast(heights, dtype) - 0.5
     x0, y0 = ops.floor(x), ops.floor(y)
+    # The official kernel's linear weights `l = x - x0`, `1 - l`: their gradient is the slope towards the
+    # right corner also where x (or y) is an integer, as on every sampling point of the encoder at its
+    # initialisation (integer offsets from pixel centres); `1 - |x - xi|` there takes the derivative of
+    # |0|, which JAX sets to 1 and TensorFlow and PyTorch to 0 (dropping the left corner's term).
+    lx, ly = x - x0, y - y0
     # Row r of the table is value[b, v, h] with r = (b * Lv + v) * heads + h: no transpose of the value.
     table = ops.reshape(value, (-1, head_dim))  # (B * Lv * heads, D)
     batch_rows = ops.reshape(ops.arange(batch, dtype="int32") * num_values, (-1, 1, 1, 1, 1))
@@ -70,7 +75,7 @@ def deformable_sample(value, spatial_shapes, locations, weights, one_gather=Fals
     for dx in (0, 1):
         for dy in (0, 1):
             xi, yi = x0 + dx, y0 + dy
-            corner = (1.0 - ops.abs(x - xi)) * (1.0 - ops.abs(y - yi)) * weights
+            corner = (lx if dx else 1.0 - lx) * (ly if dy else 1.0 - ly) * weights
             xi, yi = ops.cast(xi, "int32"), ops.cast(yi, "int32")
             inside = (xi >= 0) & (xi < widths) & (yi >= 0) & (yi < heights)
             corner = ops.where(inside, corner, ops.zeros_like(corner))  # (B, Lq, heads, levels, P)

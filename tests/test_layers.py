@@ -154,6 +154,32 @@ def test_bilinear_sampling_matches_float64_loops_including_borders():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(ours)[0], _grid_sample_float64(value, locations), atol=1e-12)
 
 
+def test_bilinear_sampling_gradient_equals_torch_grid_sample_also_on_pixel_centres():
+    """The gradient for the locations is grid_sample's (and the official kernel's) also where a point sits
+    exactly on a pixel centre, as every encoder point does at initialisation (integer offsets from pixel
+    centres): the slope towards the right (lower) neighbour, zero padding outside, not the subgradient of
+    |0| (which JAX sets to 1, TensorFlow and PyTorch to 0)."""
+    import tensorflow as tf
+
+    torch = pytest.importorskip("torch")
+    height, width = 4, 8  # powers of two: the centres (k + 0.5) / size are exact in binary
+    value = rng.normal(size=(height, width, 3))
+    centres = np.stack(np.meshgrid((np.arange(width) + 0.5) / width, (np.arange(height) + 0.5) / height), -1)
+    locations = np.concatenate([centres.reshape(-1, 2), rng.uniform(-0.1, 1.1, (20, 2))])
+    cotangent = rng.normal(size=(len(locations), 3))
+    points = tf.constant(locations[None])
+    with tf.GradientTape() as tape:
+        tape.watch(points)
+        sampled = bilinear_sample(tf.constant(value.reshape(1, -1, 3)), height, width, points)
+    ours = tape.gradient(sampled, points, output_gradients=tf.constant(cotangent[None])).numpy()[0]
+    grid = torch.tensor(2 * locations[None, None] - 1, requires_grad=True)  # (1, 1, S, 2) in [-1, 1]
+    reference = torch.nn.functional.grid_sample(
+        torch.from_numpy(value.transpose(2, 0, 1)[None]), grid, align_corners=False, padding_mode="zeros"
+    )  # (1, 3, 1, S)
+    reference.backward(torch.from_numpy(cotangent.T[None, :, None]))
+    np.testing.assert_allclose(ours, 2 * grid.grad.numpy()[0, 0], atol=1e-12)
+
+
 def test_deformable_attention_matches_float64_numpy():
     hidden, heads, levels, points = 8, 2, 2, 3
     layer = MultiScaleDeformableAttention(
